@@ -1,0 +1,159 @@
+import net from 'node:net';
+import { z } from 'zod';
+
+/** "30s", "5m", "1h", "5d", "250ms", or a number of seconds: always read as milliseconds. */
+const duration = z.union([z.number().nonnegative(), z.string()]).transform((value, ctx) => {
+  if (typeof value === 'number') return value * 1000;
+  const match = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/.exec(value.trim());
+  if (!match) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a duration (use e.g. 30s, 5m, 1h, 5d)` });
+    return z.NEVER;
+  }
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+  return Math.round(Number(match[1]) * unit);
+});
+
+/** "25MB", "512KB", "1GB" (powers of 1024) or a number of bytes. */
+const size = z.union([z.number().int().positive(), z.string()]).transform((value, ctx) => {
+  if (typeof value === 'number') return value;
+  const match = /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB)$/i.exec(value.trim());
+  if (!match) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a size (use e.g. 512KB, 25MB)` });
+    return z.NEVER;
+  }
+  const unit = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 }[match[2].toUpperCase() as 'B' | 'KB' | 'MB' | 'GB'];
+  return Math.floor(Number(match[1]) * unit);
+});
+
+const ip = z.string().refine((value) => net.isIP(value) !== 0, { message: 'must be an IPv4 or IPv6 address' });
+
+const cidr = z.string().refine(
+  (value) => {
+    const [address, bits, ...rest] = value.split('/');
+    if (rest.length || !net.isIP(address)) return false;
+    if (bits === undefined) return true;
+    const max = net.isIPv4(address) ? 32 : 128;
+    return /^\d+$/.test(bits) && Number(bits) <= max;
+  },
+  { message: 'must be an address or CIDR network such as 10.0.0.0/8' },
+);
+
+const hostname = z
+  .string()
+  .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i, 'must be a host name');
+
+const domain = hostname.transform((value) => value.toLowerCase().replace(/\.$/, ''));
+
+const port = z.number().int().min(1).max(65535);
+
+const listener = z.strictObject({
+  host: z.string().default('0.0.0.0'),
+  /** 0 picks a free port (tests). */
+  port: z.number().int().min(0).max(65535).default(2525),
+  /** Offer STARTTLS (needs `tls`). */
+  starttls: z.boolean().default(false),
+  /** TLS from the first byte (port 465 style, RFC 8314). */
+  implicitTls: z.boolean().default(false),
+  /** Expect a HAProxy PROXY header (v1/v2) from the load balancer, so client networks see real addresses. */
+  proxyProtocol: z.boolean().default(false),
+  /** Allow AUTH before TLS on this listener (only for trusted segments). */
+  allowInsecureAuth: z.boolean().default(false),
+});
+
+const user = z.strictObject({
+  name: z.string().min(1),
+  password: z.string().regex(/^scrypt\$N=\d+,r=\d+,p=\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/, 'must be a hash printed by `hygiene-relay passwd` (scrypt$N=…)'),
+  senderDomains: z.array(domain).optional(),
+});
+
+const egress = z.strictObject({
+  /** The public address receivers see; SPF must authorize it, its PTR names the HELO. */
+  ip,
+  /** The local address to bind when it differs from the public one (behind 1:1 NAT). */
+  bind: ip.optional(),
+  /** `auto`: the PTR of `ip`, accepted only when it resolves back to `ip`. */
+  helo: z.union([z.literal('auto'), hostname]).default('auto'),
+});
+
+const route = z.strictObject({
+  domains: z.array(z.string().min(1)).min(1),
+  host: z.string().min(1),
+  port: port.default(25),
+});
+
+export const configSchema = z.strictObject({
+  listeners: z.array(listener).min(1).prefault([{}]),
+  tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
+  limits: z
+    .strictObject({
+      maxMessageSize: size.default(50 * 1024 * 1024),
+      maxRecipients: z.number().int().positive().default(100),
+      maxClients: z.number().int().positive().default(200),
+      clientTimeout: duration.prefault('5m'),
+    })
+    .prefault({}),
+  clients: z
+    .strictObject({
+      networks: z.array(cidr).default([]),
+      users: z.array(user).default([]),
+    })
+    .prefault({}),
+  egress: z.array(egress).min(1),
+  strict: z.boolean().default(false),
+  identityRecheck: duration.prefault('15m'),
+  dns: z
+    .strictObject({
+      servers: z.array(z.string().min(1)).optional(),
+      timeout: duration.prefault('5s'),
+      tries: z.number().int().min(1).max(10).default(2),
+    })
+    .prefault({}),
+  delivery: z
+    .strictObject({
+      port: port.default(25),
+      connectTimeout: duration.prefault('30s'),
+      commandTimeout: duration.prefault('5m'),
+      dataTimeout: duration.prefault('10m'),
+      routes: z.array(route).default([]),
+      bounceRoute: z.strictObject({ host: z.string().min(1), port: port.default(25) }).optional(),
+      spool: z
+        .strictObject({ memoryLimit: size.default(1024 * 1024), dir: z.string().optional() })
+        .prefault({}),
+    })
+    .prefault({}),
+  memo: z
+    .strictObject({
+      redis: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
+      ttl: duration.prefault('5d'),
+      maxEntries: z.number().int().positive().default(100_000),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    })
+    .prefault({}),
+});
+
+/** Checks that need more than one key at a time. */
+export const relayConfigSchema = configSchema.superRefine((config, ctx) => {
+  config.listeners.forEach((listener, index) => {
+    if ((listener.starttls || listener.implicitTls) && !config.tls) {
+      ctx.addIssue({ code: 'custom', path: ['listeners', index], message: 'uses TLS but no tls.cert/tls.key is configured' });
+    }
+    if (listener.starttls && listener.implicitTls) {
+      ctx.addIssue({ code: 'custom', path: ['listeners', index], message: 'starttls and implicitTls exclude each other' });
+    }
+  });
+  const names = new Set<string>();
+  config.clients.users.forEach((user, index) => {
+    if (names.has(user.name)) ctx.addIssue({ code: 'custom', path: ['clients', 'users', index, 'name'], message: `duplicate user "${user.name}"` });
+    names.add(user.name);
+  });
+});
+
+export type Config = z.output<typeof relayConfigSchema>;
+export type ListenerConfig = Config['listeners'][number];
+export type EgressConfig = Config['egress'][number];
+export type RouteConfig = Config['delivery']['routes'][number];
+export type ClientUser = Config['clients']['users'][number];

@@ -1,0 +1,118 @@
+import net from 'node:net';
+import type { Config, EgressConfig } from '../config/index.ts';
+import { reverseName, type Resolve } from '../dns/index.ts';
+import type { Logger } from '../observability/index.ts';
+
+/** What the relay knows of one egress address: what receivers will see and whether it holds up. */
+export interface Egress {
+  /** Public address (what the receiver sees, what SPF must authorize). */
+  ip: string;
+  /** Address the relay binds for outbound connections. */
+  bind: string;
+  /** Name sent in EHLO. */
+  helo: string;
+  /** The PTR of `ip` names `helo` and `helo` resolves back to `ip` (FCrDNS). */
+  verified: boolean;
+  /** Why it does not verify, in words an admin can act on. */
+  problem?: string;
+}
+
+async function lookupAddresses(name: string, resolve: Resolve): Promise<string[]> {
+  const settled = await Promise.allSettled([resolve(name, 'A'), resolve(name, 'AAAA')]);
+  return settled.flatMap((result) => (result.status === 'fulfilled' ? result.value : []));
+}
+
+function sameAddress(a: string, b: string): boolean {
+  if (net.isIPv4(a) || net.isIPv4(b)) return a === b;
+  return new net.SocketAddress({ address: a, family: 'ipv6' }).address === new net.SocketAddress({ address: b, family: 'ipv6' }).address;
+}
+
+/**
+ * Gmail, Microsoft and Yahoo all want the connecting IP's PTR to name a host whose A/AAAA
+ * gives the same IP back (forward-confirmed reverse DNS), and the HELO to be that name.
+ */
+export async function verifyEgress(config: EgressConfig, resolve: Resolve): Promise<Egress> {
+  const base = { ip: config.ip, bind: config.bind ?? config.ip };
+  // RFC 5321 §4.1.3: an address literal is the HELO of last resort when no name holds up.
+  const literal = net.isIPv6(config.ip) ? `[IPv6:${config.ip}]` : `[${config.ip}]`;
+  let ptrNames: string[];
+  try {
+    ptrNames = (await resolve(reverseName(config.ip), 'PTR')).map((name) => name.toLowerCase().replace(/\.$/, ''));
+  } catch (err) {
+    const helo = config.helo === 'auto' ? literal : config.helo;
+    return { ...base, helo, verified: false, problem: `no PTR record for ${config.ip} (${(err as NodeJS.ErrnoException).code ?? 'lookup failed'}): publish one naming the relay's HELO host` };
+  }
+  const candidates = config.helo === 'auto' ? ptrNames : ptrNames.filter((name) => name === config.helo.toLowerCase());
+  if (candidates.length === 0) {
+    return { ...base, helo: config.helo, verified: false, problem: `PTR of ${config.ip} is ${ptrNames.join(', ')}, not the configured HELO ${config.helo}` };
+  }
+  for (const name of candidates) {
+    const addresses = await lookupAddresses(name, resolve);
+    if (addresses.some((address) => sameAddress(address, config.ip))) return { ...base, helo: name, verified: true };
+  }
+  const helo = config.helo === 'auto' ? candidates[0] : config.helo;
+  return { ...base, helo, verified: false, problem: `PTR of ${config.ip} is ${candidates.join(', ')}, but that name does not resolve back to ${config.ip}: add an A/AAAA record ${candidates[0]} → ${config.ip}` };
+}
+
+export class IdentityError extends Error {
+  override name = 'IdentityError';
+}
+
+/**
+ * The egress identities in use. Each is verified at start and again every `identityRecheck`;
+ * in strict mode one that stops verifying is taken out of use until it verifies again.
+ */
+export class EgressPool {
+  #config: Config;
+  #resolve: Resolve;
+  #logger: Logger;
+  #current: Egress[] = [];
+  #timer?: NodeJS.Timeout;
+
+  constructor(config: Config, resolve: Resolve, logger: Logger) {
+    this.#config = config;
+    this.#resolve = resolve;
+    this.#logger = logger.child({ component: 'identity' });
+  }
+
+  get identities(): readonly Egress[] {
+    return this.#current;
+  }
+
+  async start(): Promise<void> {
+    await this.check(true);
+    if (this.#config.strict && this.#current.some((egress) => !egress.verified)) {
+      const failing = this.#current.filter((egress) => !egress.verified);
+      throw new IdentityError(`strict: egress identity does not verify: ${failing.map((e) => `${e.ip}: ${e.problem}`).join('; ')}`);
+    }
+    this.#timer = setInterval(() => void this.check(false), this.#config.identityRecheck);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  /** Re-verifies every identity; logs each at start, and afterwards only what changed. */
+  async check(initial: boolean): Promise<void> {
+    const next = await Promise.all(this.#config.egress.map((egress) => verifyEgress(egress, this.#resolve)));
+    next.forEach((egress, index) => {
+      const before = this.#current[index];
+      const fields = { egressIp: egress.ip, bind: egress.bind, helo: egress.helo, verified: egress.verified, problem: egress.problem };
+      if (initial) {
+        if (egress.verified) this.#logger.info(fields, 'egress identity verified');
+        else this.#logger.warn(fields, 'egress identity does not verify: receivers will distrust mail sent from it');
+      } else if (before?.verified && !egress.verified) {
+        this.#logger.error(fields, this.#config.strict ? 'egress identity stopped verifying: taken out of use' : 'egress identity stopped verifying');
+      } else if (before && !before.verified && egress.verified) {
+        this.#logger.info(fields, 'egress identity verifies again');
+      }
+    });
+    this.#current = next;
+  }
+
+  /** The egress for a new transaction, or undefined when strict mode leaves none usable. */
+  select(): Egress | undefined {
+    return this.#current.find((egress) => egress.verified || !this.#config.strict);
+  }
+}

@@ -1,0 +1,179 @@
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { SMTPServer, type SMTPServerSession } from 'smtp-server';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import type { Config, ListenerConfig } from '../config/index.ts';
+import type { EgressPool } from '../identity/index.ts';
+import type { Logger } from '../observability/index.ts';
+import { Transaction, failure, toSmtpError, type Outcome, type RelayContext } from '../proxy/index.ts';
+import { ClientAuthorization } from './authorization.ts';
+
+export { hashPassword, verifyPassword } from './passwords.ts';
+
+// smtp-server derives an enhanced status code from the reply code alone (550 → 5.1.1), which
+// would misreport a destination's `550 5.7.26`. A reply whose text already starts with an
+// enhanced code (RFC 3463) keeps it, and gets no second one.
+const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
+const originalSend = SMTPConnection.prototype.send;
+SMTPConnection.prototype.send = function send(this: SMTPConnection, code: number, data?: string | string[], context?: string | false) {
+  return originalSend.call(this, code, data, typeof data === 'string' && ENHANCED.test(data) ? false : context);
+};
+
+type Callback = (err?: Error | null) => void;
+
+function reject(outcome: Outcome, callback: Callback): void {
+  callback(outcome.kind === 'accepted' ? null : toSmtpError(outcome.reply));
+}
+
+export interface Listening {
+  listener: ListenerConfig;
+  port: number;
+  server: SMTPServer;
+}
+
+/**
+ * The SMTP side that internal servers talk to: one smtp-server per configured listener,
+ * each command handed to the client's current proxy transaction.
+ */
+export class Inbound {
+  #ctx: RelayContext;
+  #egress: EgressPool;
+  #logger: Logger;
+  #clients: ClientAuthorization;
+  #transactions = new Map<string, Transaction>();
+  #servers: Listening[] = [];
+
+  constructor(ctx: RelayContext, egress: EgressPool) {
+    this.#ctx = ctx;
+    this.#egress = egress;
+    this.#logger = ctx.logger.child({ component: 'inbound' });
+    this.#clients = new ClientAuthorization(ctx.config.clients);
+  }
+
+  get listening(): readonly Listening[] {
+    return this.#servers;
+  }
+
+  async listen(): Promise<void> {
+    const { config } = this.#ctx;
+    const tls = config.tls ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) } : undefined;
+    for (const listener of config.listeners) {
+      const server = this.#createServer(listener, config, tls);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(listener.port, listener.host, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      server.on('error', (err) => this.#logger.error({ err }, 'listener error'));
+      const port = (server.server.address() as AddressInfo).port;
+      this.#servers.push({ listener, port, server });
+      this.#logger.info({ host: listener.host, port, starttls: listener.starttls, implicitTls: listener.implicitTls, proxyProtocol: listener.proxyProtocol }, 'listening');
+    }
+  }
+
+  /** Stops accepting; transactions in flight finish (smtp-server waits for their connections). */
+  async close(): Promise<void> {
+    await Promise.all(this.#servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    this.#servers = [];
+  }
+
+  #createServer(listener: ListenerConfig, config: Config, tls: { key: Buffer; cert: Buffer } | undefined): SMTPServer {
+    const usesTls = listener.starttls || listener.implicitTls;
+    const disabled = [...(usesTls ? [] : ['STARTTLS']), ...(this.#clients.hasUsers ? [] : ['AUTH'])];
+    return new SMTPServer({
+      name: this.#egress.select()?.helo,
+      banner: 'hygiene-relay ESMTP',
+      secure: listener.implicitTls,
+      ...(usesTls ? tls : {}),
+      disabledCommands: disabled,
+      allowInsecureAuth: listener.allowInsecureAuth,
+      authOptional: true,
+      authMethods: ['PLAIN', 'LOGIN'],
+      size: config.limits.maxMessageSize,
+      maxClients: config.limits.maxClients,
+      useProxy: listener.proxyProtocol,
+      // The client's PTR is not needed to relay, and a lookup would bypass the configured resolver.
+      disableReverseLookup: true,
+      socketTimeout: config.limits.clientTimeout,
+      hideENHANCEDSTATUSCODES: false,
+      logger: false,
+      onAuth: (auth, session, callback) => {
+        this.#clients.authenticate(auth.username ?? '', auth.password ?? '').then(
+          (user) => {
+            if (user) return callback(null, { user: user.name });
+            this.#logger.warn({ client: session.remoteAddress, user: auth.username }, 'authentication failed');
+            callback(Object.assign(new Error('5.7.8 Authentication credentials invalid'), { responseCode: 535 }));
+          },
+          (err: Error) => callback(Object.assign(new Error(`4.7.0 Temporary authentication failure (${err.message})`), { responseCode: 454 })),
+        );
+      },
+      onMailFrom: (address, session, callback) => {
+        void this.#mailFrom(address.address, address.args, session).then((outcome) => reject(outcome, callback), callback);
+      },
+      onRcptTo: (address, session, callback) => {
+        void this.#rcptTo(address.address, session).then((outcome) => reject(outcome, callback), callback);
+      },
+      onData: (stream, session, callback) => {
+        const transaction = this.#transactions.get(session.id);
+        if (!transaction) {
+          stream.resume();
+          return callback(toSmtpError(failure('temporary', 451, '4.3.0', 'transaction state lost').reply));
+        }
+        void transaction.deliver(stream).then((outcome) => {
+          this.#transactions.delete(session.id);
+          if (outcome.kind === 'accepted') callback(null, outcome.reply.lines.join(' '));
+          else callback(toSmtpError(outcome.reply));
+        }, callback);
+      },
+      onClose: (session) => {
+        const transaction = this.#transactions.get(session.id);
+        this.#transactions.delete(session.id);
+        void transaction?.abort('client disconnected before the end of DATA');
+      },
+    });
+  }
+
+  async #mailFrom(sender: string, args: unknown, session: SMTPServerSession): Promise<Outcome> {
+    const previous = this.#transactions.get(session.id);
+    if (previous) {
+      this.#transactions.delete(session.id);
+      await previous.abort('client started a new transaction');
+    }
+    const user = session.user ? this.#clients.user(String(session.user)) : undefined;
+    if (!user && !this.#clients.inNetworks(session.remoteAddress)) {
+      return this.#clients.hasUsers
+        ? failure('permanent', 530, '5.7.0', `authentication required: ${session.remoteAddress} is not in a trusted network`)
+        : failure('permanent', 550, '5.7.1', `relaying denied: ${session.remoteAddress} is not in a trusted network`);
+    }
+    if (!this.#clients.senderAllowed(user, sender)) {
+      return failure('permanent', 550, '5.7.1', `user ${user?.name} may not send as <${sender}>`);
+    }
+    const egress = this.#egress.select();
+    if (!egress) {
+      return failure('temporary', 451, '4.3.5', 'no egress identity verifies (strict mode): check the PTR and A records of the egress addresses');
+    }
+    const params = (args || {}) as Record<string, string | boolean>;
+    const transaction = new Transaction(
+      this.#ctx,
+      { address: session.remoteAddress, helo: session.hostNameAppearsAs, user: user?.name, secure: session.secure },
+      sender,
+      { size: params.SIZE ? Number(params.SIZE) : undefined, body: typeof params.BODY === 'string' ? params.BODY.toUpperCase() : undefined, smtputf8: Boolean(params.SMTPUTF8) },
+      egress,
+    );
+    this.#transactions.set(session.id, transaction);
+    return { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
+  }
+
+  async #rcptTo(recipient: string, session: SMTPServerSession): Promise<Outcome> {
+    const transaction = this.#transactions.get(session.id);
+    if (!transaction) return failure('permanent', 503, '5.5.1', 'need MAIL command');
+    // RFC 5321 §4.5.3.1.10: too many recipients → 452; the client sends the rest in another transaction.
+    if (session.envelope.rcptTo.length >= this.#ctx.config.limits.maxRecipients) {
+      return failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`);
+    }
+    if (!recipient.includes('@')) return failure('permanent', 550, '5.1.3', 'recipient must be a full address (user@domain)');
+    return transaction.addRecipient(recipient);
+  }
+}

@@ -1,0 +1,35 @@
+import type { Reply } from '../upstream/index.ts';
+
+/**
+ * Every result the client hears. Whether it should retry is part of the type, so a DNS
+ * SERVFAIL, a timeout or a lost connection cannot end up as a permanent refusal by mistake.
+ */
+export type Outcome =
+  | { kind: 'accepted'; reply: Reply }
+  | { kind: 'temporary'; reply: Reply; cause: string }
+  | { kind: 'permanent'; reply: Reply; cause: string };
+
+export function failure(kind: 'temporary' | 'permanent', code: number, enhanced: string, text: string): Outcome {
+  return { kind, reply: { code, enhanced, lines: [text] }, cause: text };
+}
+
+/** The outcome a destination's own reply stands for. */
+export function outcomeOf(reply: Reply, cause: string): Outcome {
+  if (reply.code < 400) return { kind: 'accepted', reply };
+  return { kind: reply.code < 500 ? 'temporary' : 'permanent', reply, cause };
+}
+
+/** RFC 3463: when a server gives no enhanced code, the class alone is the honest one. */
+export function enhancedOf(reply: Reply): string {
+  return reply.enhanced ?? `${Math.floor(reply.code / 100)}.0.0`;
+}
+
+/** An error smtp-server turns into the reply line `code enhanced text`. */
+export interface SmtpReplyError extends Error {
+  responseCode: number;
+}
+
+export function toSmtpError(reply: Reply): SmtpReplyError {
+  const text = [enhancedOf(reply), reply.lines.join(' ')].filter(Boolean).join(' ');
+  return Object.assign(new Error(text), { responseCode: reply.code });
+}

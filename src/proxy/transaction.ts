@@ -1,0 +1,364 @@
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { ConnectionOptions } from 'node:tls';
+import type { Config } from '../config/index.ts';
+import { connectDestination, resolveDestination, type Connected, type Destination } from '../delivery/index.ts';
+import type { Resolve } from '../dns/index.ts';
+import type { Egress } from '../identity/index.ts';
+import type { Logger } from '../observability/index.ts';
+import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
+import type { DeliveryMemo, MemoKey } from './memo.ts';
+import { failure, outcomeOf, type Outcome } from './outcome.ts';
+import { headerValue, receivedHeader } from './headers.ts';
+import { Spool } from './spool.ts';
+import { sendStatusNotification, type Refusal } from './status-notification.ts';
+
+/** What a transaction needs from the running relay. */
+export interface RelayContext {
+  config: Config;
+  resolve: Resolve;
+  memo: DeliveryMemo;
+  logger: Logger;
+  /** Extra TLS options for upstream STARTTLS (tests trust their CA through this). */
+  upstreamTls?: ConnectionOptions;
+}
+
+export interface ClientInfo {
+  address: string;
+  helo: string;
+  user?: string;
+  secure: boolean;
+}
+
+/** ESMTP parameters of the client's MAIL FROM that the destination should see too. */
+export interface MailParams {
+  size?: number;
+  body?: string;
+  smtputf8?: boolean;
+}
+
+/** One destination's upstream session within the transaction. */
+interface Leg {
+  destination: Destination;
+  connected?: Connected;
+  /** Why no recipient can go this way (connection or MAIL FROM refused): every RCPT gets it. */
+  refused?: Outcome;
+  /** Recipients the destination accepted at RCPT. */
+  recipients: string[];
+  data?: string;
+}
+
+interface RecipientRecord {
+  address: string;
+  destination?: string;
+  rcpt: string;
+  data?: string;
+  result: 'accepted' | 'refused' | 'deferred' | 'delivered' | 'bounced' | 'already-delivered' | 'already-bounced';
+}
+
+export function newTransactionId(): string {
+  return randomBytes(9).toString('base64url');
+}
+
+function domainOf(address: string): string {
+  return address.slice(address.lastIndexOf('@') + 1).toLowerCase();
+}
+
+/**
+ * One client transaction proxied to every destination at once (DESIGN §1). The client is
+ * never told 250 while any recipient is neither accepted by its destination nor reported to
+ * the sender in a status notification.
+ */
+export class Transaction {
+  readonly id = newTransactionId();
+  readonly #ctx: RelayContext;
+  readonly #client: ClientInfo;
+  readonly #sender: string;
+  readonly #params: MailParams;
+  readonly #egress: Egress;
+  readonly #logger: Logger;
+  readonly #legs = new Map<string, Leg>();
+  readonly #routing = new Map<string, Promise<Destination | Outcome>>();
+  readonly #recipients: RecipientRecord[] = [];
+  readonly #started = Date.now();
+  #finished = false;
+  #delivering = false;
+
+  constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress) {
+    this.#ctx = ctx;
+    this.#client = client;
+    this.#sender = sender;
+    this.#params = params;
+    this.#egress = egress;
+    this.#logger = ctx.logger;
+  }
+
+  get hasRecipients(): boolean {
+    return this.#recipients.some((r) => r.result === 'accepted');
+  }
+
+  /** Prefixes a destination's reply so the admin can tell who said it and find the log record. */
+  #relayed(reply: Reply, who: string): Reply {
+    const text = reply.lines.join(' ');
+    return { code: reply.code, enhanced: reply.enhanced ?? `${Math.floor(reply.code / 100)}.0.0`, lines: [`${who} said: ${text} (relay id ${this.id})`] };
+  }
+
+  #own(outcome: Outcome): Outcome {
+    if (outcome.reply.lines.join(' ').endsWith(`(relay id ${this.id})`)) return outcome;
+    return { ...outcome, reply: { ...outcome.reply, lines: [`${outcome.reply.lines.join(' ')} (relay id ${this.id})`] } };
+  }
+
+  #who(leg: Leg): string {
+    return leg.connected ? `${leg.connected.mxHost} [${leg.connected.mxIp}]` : leg.destination.hops[0].name;
+  }
+
+  async #route(domain: string): Promise<Destination | Outcome> {
+    let routing = this.#routing.get(domain);
+    if (!routing) {
+      routing = resolveDestination(domain, this.#ctx.config.delivery, this.#ctx.resolve);
+      this.#routing.set(domain, routing);
+    }
+    return routing;
+  }
+
+  #mailParams(leg: Connected): Record<string, string> {
+    const params: Record<string, string> = {};
+    const offered = leg.session.extensions;
+    if (this.#params.size && offered.has('SIZE')) params.SIZE = String(this.#params.size);
+    if (this.#params.body && offered.has('8BITMIME')) params.BODY = this.#params.body;
+    if (this.#params.smtputf8 && offered.has('SMTPUTF8')) params.SMTPUTF8 = '';
+    return params;
+  }
+
+  async #openLeg(destination: Destination): Promise<Leg> {
+    const leg: Leg = { destination, recipients: [] };
+    this.#legs.set(destination.key, leg);
+    const connected = await connectDestination(destination, this.#egress, { delivery: this.#ctx.config.delivery, resolve: this.#ctx.resolve, tls: this.#ctx.upstreamTls });
+    if ('kind' in connected) {
+      leg.refused = connected;
+      return leg;
+    }
+    leg.connected = connected;
+    try {
+      const reply = await connected.session.mailFrom(this.#sender, this.#mailParams(connected));
+      if (reply.code >= 300) leg.refused = outcomeOf(this.#relayed(reply, this.#who(leg)), `MAIL FROM refused: ${formatReply(reply)}`);
+    } catch (err) {
+      leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost after greeting (${(err as Error).message})`);
+    }
+    return leg;
+  }
+
+  /** RCPT: routes the recipient, opens its destination's session if needed, and forwards it. */
+  async addRecipient(address: string): Promise<Outcome> {
+    if (this.#recipients.some((r) => r.result === 'accepted' && r.address === address)) {
+      // RFC 5321 §3.3: a repeated recipient is accepted once; forwarding it again could deliver twice.
+      return { kind: 'accepted', reply: { code: 250, enhanced: '2.1.5', lines: [`<${address}> is already a recipient of this message`] } };
+    }
+    const record: RecipientRecord = { address, rcpt: '', result: 'refused' };
+    this.#recipients.push(record);
+    const outcome = await this.#forwardRecipient(address, record);
+    record.rcpt = formatReply(outcome.reply);
+    record.result = outcome.kind === 'accepted' ? 'accepted' : outcome.kind === 'temporary' ? 'deferred' : 'refused';
+    return outcome;
+  }
+
+  async #forwardRecipient(address: string, record: RecipientRecord): Promise<Outcome> {
+    const destination = await this.#route(domainOf(address));
+    if ('kind' in destination) return this.#own(destination);
+    const leg = this.#legs.get(destination.key) ?? (await this.#openLeg(destination));
+    record.destination = this.#who(leg);
+    if (leg.refused) return this.#own(leg.refused);
+    const session = leg.connected!.session;
+    try {
+      const reply = await session.rcptTo(address);
+      if (reply.code < 300) leg.recipients.push(address);
+      return outcomeOf(this.#relayed(reply, this.#who(leg)), `RCPT refused: ${formatReply(reply)}`);
+    } catch (err) {
+      leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost (${(err as Error).message})`);
+      return this.#own(leg.refused);
+    }
+  }
+
+  /**
+   * DATA: spools the message, then sends it to every destination in parallel and answers
+   * with one reply by the rules of DESIGN §1.
+   */
+  async deliver(stream: Readable & { sizeExceeded?: boolean }): Promise<Outcome> {
+    const config = this.#ctx.config;
+    const spool = new Spool(config.delivery.spool.memoryLimit, config.delivery.spool.dir);
+    const dataStarted = Date.now();
+    this.#delivering = true;
+    let outcome: Outcome = failure('temporary', 451, '4.3.0', 'message not delivered');
+    let messageId: string | undefined;
+    try {
+      for await (const chunk of stream) await spool.write(chunk as Buffer);
+      await spool.end();
+      if (stream.sizeExceeded) {
+        outcome = failure('permanent', 552, '5.3.4', `message exceeds the size limit of ${config.limits.maxMessageSize} bytes`);
+        return outcome;
+      }
+      messageId = headerValue(spool.head(64 * 1024), 'message-id');
+      outcome = this.#own(await this.#deliverSpooled(spool));
+      return outcome;
+    } catch (err) {
+      stream.resume();
+      this.#logger.error({ err, id: this.id }, 'transaction failed while spooling');
+      outcome = this.#own(failure('temporary', 451, '4.3.0', `local error while receiving the message (${(err as Error).message})`));
+      return outcome;
+    } finally {
+      await spool.dispose();
+      await this.close();
+      this.#log(outcome, { size: spool.size, messageId, sha256: spool.sha256, spooledToDisk: spool.onDisk, dataMs: Date.now() - dataStarted });
+    }
+  }
+
+  async #deliverSpooled(spool: Spool): Promise<Outcome> {
+    const legs = [...this.#legs.values()].filter((leg) => leg.recipients.length);
+    const keys = (leg: Leg): MemoKey[] => leg.recipients.map((recipient) => ({ message: spool.sha256, sender: this.#sender, recipient }));
+    const memoStates = await Promise.all(legs.map((leg) => this.#ctx.memo.lookup(keys(leg))));
+    const header = receivedHeader({ client: this.#client, by: this.#egress.helo, id: this.id, recipients: legs.flatMap((l) => l.recipients) });
+
+    const results = await Promise.all(
+      legs.map(async (leg, i) => {
+        const pending = leg.recipients.filter((_, j) => memoStates[i][j] === undefined);
+        leg.recipients.forEach((address, j) => {
+          const state = memoStates[i][j];
+          if (state) this.#record(address).result = state === 'delivered' ? 'already-delivered' : 'already-bounced';
+        });
+        if (pending.length === 0) return [];
+        return this.#sendToLeg(leg, pending, header, spool);
+      }),
+    );
+    const fresh = results.flat();
+    const remembered = memoStates.flat().filter(Boolean).length;
+    const accepted = fresh.filter((r) => r.outcome.kind === 'accepted');
+    const temporary = fresh.filter((r) => r.outcome.kind === 'temporary');
+    const permanent = fresh.filter((r) => r.outcome.kind === 'permanent');
+
+    // Every destination answered in one class (and nothing came from the memo): that class is the answer.
+    if (remembered === 0 && accepted.length === 0 && (temporary.length === 0 || permanent.length === 0)) {
+      for (const r of fresh) this.#record(r.address).result = r.outcome.kind === 'temporary' ? 'deferred' : 'refused';
+      return fresh[0].outcome;
+    }
+
+    // Mixed classes. RFC 3464: recipients refused for good are reported to the sender by the relay.
+    let bounced: Refusal[] = [];
+    const refusals: Refusal[] = permanent.map((r) => ({ address: r.address, reply: r.outcome.reply, remoteMta: r.remoteMta }));
+    if (refusals.length && this.#sender === '') {
+      bounced = refusals; // RFC 5321 §6.1: never notify about a notification
+    } else if (refusals.length) {
+      const sent = await sendStatusNotification(this.#ctx, this.#egress, { id: this.id, sender: this.#sender, refusals, spool, arrival: new Date(this.#started) });
+      if (sent) bounced = refusals;
+      else temporary.push(...permanent.map((r) => ({ ...r, outcome: failure('temporary', 451, '4.3.0', `refused by ${r.remoteMta} and the status notification could not be sent`) })));
+    }
+    for (const r of accepted) this.#record(r.address).result = 'delivered';
+    for (const r of bounced) this.#record(r.address).result = 'bounced';
+    for (const r of temporary) this.#record(r.address).result = 'deferred';
+    await this.#ctx.memo.record([
+      ...accepted.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'delivered' as const })),
+      ...bounced.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'bounced' as const })),
+    ]);
+
+    if (temporary.length) {
+      const first = temporary[0].outcome.reply;
+      const enhanced = first.enhanced?.startsWith('4.') ? first.enhanced : '4.3.0';
+      const done = accepted.length + bounced.length + remembered;
+      return failure(
+        'temporary',
+        451,
+        enhanced,
+        `message reached ${done} of ${done + temporary.length} recipients; ${temporary.map((r) => `<${r.address}>: ${formatReply(r.outcome.reply)}`).join('; ')}; send it again and only the missing recipients will get it`,
+      );
+    }
+    const note = bounced.length ? `; ${bounced.length} refused, reported to the sender` : '';
+    return { kind: 'accepted', reply: { code: 250, enhanced: '2.0.0', lines: [`message accepted by every destination${note}`] } };
+  }
+
+  /** Sends the message to one destination for the given recipients; one result per recipient. */
+  async #sendToLeg(leg: Leg, pending: string[], header: Buffer, spool: Spool): Promise<{ address: string; outcome: Outcome; remoteMta: string }[]> {
+    const who = this.#who(leg);
+    // The session was lost after some recipients were accepted: they wait for the client's retry.
+    if (leg.refused || !leg.connected) return pending.map((address) => ({ address, outcome: leg.refused!, remoteMta: who }));
+    const session = leg.connected.session;
+    const results: { address: string; outcome: Outcome; remoteMta: string }[] = [];
+    const lost = (err: unknown): Outcome =>
+      failure('temporary', 451, '4.4.2', `${who}: connection lost during delivery (${err instanceof UpstreamError ? err.kind : 'error'}: ${(err as Error).message})`);
+    let recipients = pending;
+    try {
+      // Some recipients of this destination already have the message: start over with the rest.
+      if (pending.length < leg.recipients.length) {
+        await session.rset();
+        const mail = await session.mailFrom(this.#sender, this.#mailParams(leg.connected));
+        if (mail.code >= 300) return pending.map((address) => ({ address, outcome: outcomeOf(this.#relayed(mail, who), 'MAIL FROM refused on retry'), remoteMta: who }));
+        recipients = [];
+        for (const address of pending) {
+          const reply = await session.rcptTo(address);
+          if (reply.code < 300) recipients.push(address);
+          else results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), 'RCPT refused on retry'), remoteMta: who });
+        }
+        if (recipients.length === 0) return results;
+      }
+      const reply = await session.data(Readable.from(this.#concat(header, spool)));
+      leg.data = formatReply(reply);
+      for (const address of recipients) {
+        this.#record(address).data = leg.data;
+        results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), `DATA refused: ${leg.data}`), remoteMta: who });
+      }
+    } catch (err) {
+      const outcome = lost(err);
+      leg.data = formatReply(outcome.reply);
+      for (const address of recipients) results.push({ address, outcome, remoteMta: who });
+    }
+    return results;
+  }
+
+  async *#concat(header: Buffer, spool: Spool): AsyncGenerator<Buffer> {
+    yield header;
+    for await (const chunk of spool.stream()) yield chunk as Buffer;
+  }
+
+  #record(address: string): RecipientRecord {
+    return this.#recipients.findLast((r) => r.address === address && r.result !== 'refused' && r.result !== 'deferred') ?? this.#recipients.findLast((r) => r.address === address)!;
+  }
+
+  /** Ends every upstream session (QUIT); safe to call more than once. */
+  async close(): Promise<void> {
+    await Promise.all([...this.#legs.values()].map((leg) => (leg.connected?.session.closed === false ? leg.connected.session.quit() : undefined)));
+  }
+
+  /** The client went away or started over before DATA completed. */
+  async abort(reason: string): Promise<void> {
+    // Once DATA is complete the delivery finishes on its own: the memo covers a client that left.
+    if (this.#delivering) return;
+    await this.close();
+    if (!this.#finished) this.#log(failure('temporary', 451, '4.3.0', reason), {});
+  }
+
+  #log(outcome: Outcome, data: { size?: number; messageId?: string; sha256?: string; spooledToDisk?: boolean; dataMs?: number }): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    const upstream = [...this.#legs.values()].map((leg) => ({
+      destination: leg.destination.key,
+      mxHost: leg.connected?.mxHost,
+      mxIp: leg.connected?.mxIp,
+      tls: leg.connected?.session.tls ?? null,
+      data: leg.data,
+      refused: leg.refused ? formatReply(leg.refused.reply) : undefined,
+    }));
+    this.#logger.info(
+      {
+        id: this.id,
+        client: { ip: this.#client.address, helo: this.#client.helo, user: this.#client.user, tls: this.#client.secure },
+        envelope: { mailFrom: this.#sender, rcptTo: this.#recipients.map((r) => r.address) },
+        recipients: this.#recipients,
+        egress: { ip: this.#egress.ip, helo: this.#egress.helo, verified: this.#egress.verified },
+        upstream,
+        ...data,
+        outcome: outcome.kind,
+        reply: formatReply(outcome.reply),
+        ms: Date.now() - this.#started,
+      },
+      'transaction',
+    );
+  }
+}

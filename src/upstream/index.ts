@@ -1,0 +1,3 @@
+export { UpstreamSession, UpstreamError, openSession } from './session.ts';
+export type { SessionOptions, SessionTimeouts, StartTlsMode, TlsInfo, UpstreamErrorKind } from './session.ts';
+export * from './reply.ts';

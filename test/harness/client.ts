@@ -1,0 +1,114 @@
+import net from 'node:net';
+import tls from 'node:tls';
+
+/** A reply as the client read it: code and the full text of the last line. */
+export interface ClientReply {
+  code: number;
+  text: string;
+  lines: string[];
+}
+
+/**
+ * An internal mail server played over a raw socket, one command at a time, so a test can
+ * send exactly the bytes it wants (malformed input, address tricks) and read every reply.
+ */
+export class RawClient {
+  #socket: net.Socket;
+  #buffer = '';
+  #waiting?: { resolve: (reply: ClientReply) => void; reject: (err: Error) => void };
+  #pending: string[] = [];
+  closed: Promise<void>;
+
+  private constructor(socket: net.Socket) {
+    this.#socket = socket;
+    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    this.#attach(socket);
+  }
+
+  #attach(socket: net.Socket) {
+    socket.on('data', (chunk) => {
+      this.#buffer += chunk.toString('latin1');
+      this.#drain();
+    });
+    socket.on('error', (err) => this.#waiting?.reject(err));
+    socket.on('close', () => this.#waiting?.reject(new Error('connection closed')));
+  }
+
+  #drain() {
+    let end: number;
+    while ((end = this.#buffer.indexOf('\r\n')) >= 0) {
+      const line = this.#buffer.slice(0, end);
+      this.#buffer = this.#buffer.slice(end + 2);
+      this.#pending.push(line);
+      if (/^\d{3} /.test(line) || /^\d{3}$/.test(line)) {
+        const lines = this.#pending;
+        this.#pending = [];
+        const waiting = this.#waiting;
+        this.#waiting = undefined;
+        waiting?.resolve({ code: Number(line.slice(0, 3)), text: line.slice(4), lines });
+      }
+    }
+  }
+
+  static async connect(port: number, options: { host?: string; localAddress?: string } = {}): Promise<{ client: RawClient; greeting: ClientReply }> {
+    const socket = net.connect({ port, host: options.host ?? '127.0.0.1', localAddress: options.localAddress });
+    const client = new RawClient(socket);
+    const greeting = await client.#next();
+    return { client, greeting };
+  }
+
+  #next(): Promise<ClientReply> {
+    return new Promise((resolve, reject) => {
+      this.#waiting = { resolve, reject };
+      this.#drain();
+    });
+  }
+
+  /** Sends one command line and waits for its whole reply. */
+  async command(line: string): Promise<ClientReply> {
+    const reply = this.#next();
+    this.#socket.write(`${line}\r\n`);
+    return reply;
+  }
+
+  /** DATA, then the message (dot-stuffed here), then the final reply. */
+  async data(message: string | Buffer): Promise<{ intermediate: ClientReply; final?: ClientReply }> {
+    const intermediate = await this.command('DATA');
+    if (intermediate.code !== 354) return { intermediate };
+    const text = Buffer.isBuffer(message) ? message.toString('latin1') : message;
+    const stuffed = text.replace(/(^|\r\n)\./g, '$1..');
+    const final = this.#next();
+    this.#socket.write(Buffer.from(`${stuffed}${stuffed.endsWith('\r\n') ? '' : '\r\n'}.\r\n`, 'latin1'));
+    return { intermediate, final: await final };
+  }
+
+  /** DATA and the message, without waiting for the final reply (the client that vanishes). */
+  async dataWithoutReply(message: string): Promise<void> {
+    const intermediate = await this.command('DATA');
+    if (intermediate.code !== 354) throw new Error(`DATA refused: ${intermediate.lines.join(' | ')}`);
+    this.#next().catch(() => undefined);
+    const stuffed = message.replace(/(^|\r\n)\./g, '$1..');
+    this.#socket.write(`${stuffed}${stuffed.endsWith('\r\n') ? '' : '\r\n'}.\r\n`);
+  }
+
+  async starttls(ca: string): Promise<void> {
+    const reply = await this.command('STARTTLS');
+    if (reply.code !== 220) throw new Error(`STARTTLS refused: ${reply.lines.join(' | ')}`);
+    this.#socket.removeAllListeners('data');
+    const secure = tls.connect({ socket: this.#socket, ca, servername: 'localhost', rejectUnauthorized: false });
+    await new Promise<void>((resolve, reject) => secure.once('secureConnect', () => resolve()).once('error', reject));
+    this.#socket = secure;
+    this.#attach(secure);
+  }
+
+  /** Cuts the connection without QUIT, as a crashing client would. */
+  destroy(): void {
+    this.#socket.destroy();
+  }
+
+  async quit(): Promise<void> {
+    await this.command('QUIT').catch(() => undefined);
+    this.#socket.end();
+    await this.closed;
+  }
+}

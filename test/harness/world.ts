@@ -1,0 +1,165 @@
+import net from 'node:net';
+import { Writable } from 'node:stream';
+import { parseConfig, type Config } from '../../src/config/index.ts';
+import { createLogger } from '../../src/observability/index.ts';
+import { startRelay, type Relay } from '../../src/relay.ts';
+import { Destination, type DestinationScript } from './destination.ts';
+import { DnsServer } from './dns-server.ts';
+import { testCertificate } from './tls.ts';
+
+/** Every JSON line the relay logged, for assertions on what an admin would read. */
+export class LogCapture extends Writable {
+  readonly records: Record<string, unknown>[] = [];
+  #waiters: { match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }[] = [];
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: () => void): void {
+    for (const line of chunk.toString().split('\n').filter(Boolean)) {
+      const record = JSON.parse(line) as Record<string, unknown>;
+      this.records.push(record);
+      this.#waiters = this.#waiters.filter((w) => (w.match(record) ? (w.resolve(record), false) : true));
+    }
+    callback();
+  }
+
+  /** Resolves with the first record (already logged or still to come) that matches. */
+  waitFor(match: (r: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+    const found = this.records.find(match);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
+  }
+
+  transactions(): Record<string, unknown>[] {
+    return this.records.filter((r) => r.msg === 'transaction');
+  }
+}
+
+/** A port number free on 127.0.0.1 right now; destinations on other 127.0.0.x addresses share it as "port 25". */
+export async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((resolve) => server.once('listening', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+export interface DestinationSpec {
+  /** The recipient domain, e.g. gmail.test. */
+  domain: string;
+  /** MX host names with their loopback addresses, in preference order. */
+  mx: { name: string; ip: string }[];
+  script?: DestinationScript;
+  starttls?: boolean;
+}
+
+export interface WorldOptions {
+  destinations?: DestinationSpec[];
+  /** Config keys merged over the world's defaults (shallow per top-level key). */
+  config?: Record<string, unknown>;
+  /** Egress addresses with the PTR name each gets (forward-confirmed unless `confirmed: false`). */
+  egress?: { ip: string; ptr?: string; confirmed?: boolean }[];
+  /** MX hosts that exist in DNS but have nothing listening (connections refused). */
+  deadMx?: { domain: string; name: string; ip: string; preference: number }[];
+}
+
+export const GMAIL: DestinationSpec = { domain: 'gmail.test', mx: [{ name: 'mx.gmail.test', ip: '127.0.0.10' }] };
+export const OUTLOOK: DestinationSpec = { domain: 'outlook.test', mx: [{ name: 'mx.outlook.test', ip: '127.0.0.11' }] };
+
+/**
+ * A simulated internet on loopback (DESIGN §9): a DNS server with the test zones, simulated
+ * destinations that verify what they receive with mailauth, and the relay in this process
+ * pointed at both, egressing from 127.0.0.x addresses whose PTR names its HELO.
+ */
+export class World {
+  readonly dns: DnsServer;
+  readonly destinations: Map<string, Destination>;
+  readonly relay: Relay;
+  readonly logs: LogCapture;
+  readonly config: Config;
+  readonly mxPort: number;
+
+  private constructor(dns: DnsServer, destinations: Map<string, Destination>, relay: Relay, logs: LogCapture, config: Config, mxPort: number) {
+    this.dns = dns;
+    this.destinations = destinations;
+    this.relay = relay;
+    this.logs = logs;
+    this.config = config;
+    this.mxPort = mxPort;
+  }
+
+  get port(): number {
+    return this.relay.ports[0];
+  }
+
+  destination(domain: string): Destination {
+    const destination = this.destinations.get(domain);
+    if (!destination) throw new Error(`no destination for ${domain}`);
+    return destination;
+  }
+
+  static async start(options: WorldOptions = {}): Promise<World> {
+    const dns = await DnsServer.start();
+    const mxPort = await freePort();
+    const destinations = new Map<string, Destination>();
+    const egress = options.egress ?? [{ ip: '127.0.0.2', ptr: 'relay-out.example.test' }];
+    try {
+      for (const spec of options.destinations ?? [GMAIL, OUTLOOK]) {
+        spec.mx.forEach((mx, i) => {
+          dns.add(spec.domain, { type: 'MX', data: { preference: 10 * (i + 1), exchange: mx.name } });
+          dns.add(mx.name, { type: 'A', data: mx.ip });
+        });
+        // One destination per domain, on its first MX; further MX names share it unless marked dead.
+        const first = spec.mx[0];
+        destinations.set(
+          spec.domain,
+          await Destination.start({ host: first.ip, port: mxPort, name: first.name, dnsServer: dns.address, script: spec.script, starttls: spec.starttls }),
+        );
+      }
+      for (const dead of options.deadMx ?? []) {
+        dns.add(dead.domain, { type: 'MX', data: { preference: dead.preference, exchange: dead.name } });
+        dns.add(dead.name, { type: 'A', data: dead.ip });
+      }
+      for (const e of egress) {
+        if (e.ptr) dns.addPtr(e.ip, e.ptr, { forward: e.confirmed !== false });
+      }
+      // The sending organisation: SPF authorizes the egress addresses.
+      dns.add('example.test', { type: 'TXT', data: `v=spf1 ${egress.map((e) => `ip4:${e.ip}`).join(' ')} -all` });
+      dns.add('example.test', { type: 'MX', data: { preference: 10, exchange: 'mx.example.test' } });
+
+      const config = parseConfig({
+        listeners: [{ host: '127.0.0.1', port: 0 }],
+        clients: { networks: ['127.0.0.1/32'] },
+        egress: egress.map((e) => ({ ip: e.ip })),
+        dns: { servers: [dns.address], timeout: '1s', tries: 1 },
+        delivery: { port: mxPort, connectTimeout: '2s', commandTimeout: '10s', dataTimeout: '20s' },
+        log: { level: 'info' },
+        ...options.config,
+      });
+      const logs = new LogCapture();
+      const { ca } = await testCertificate(['mx.test']);
+      const relay = await startRelay(config, createLogger(config.log.level, logs), { upstreamTls: { ca } });
+      return new World(dns, destinations, relay, logs, config, mxPort);
+    } catch (err) {
+      await Promise.all([...destinations.values()].map((d) => d.close()));
+      await dns.close();
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.relay.close();
+    await Promise.all([...this.destinations.values()].map((d) => d.close()));
+    await this.dns.close();
+  }
+}
+
+/** A small message with the given headers, CRLF line endings. */
+export function message(options: { from?: string; to?: string; subject?: string; body?: string; messageId?: string } = {}): string {
+  const headers = [
+    `From: Alice <${options.from ?? 'alice@example.test'}>`,
+    `To: <${options.to ?? 'bob@gmail.test'}>`,
+    `Subject: ${options.subject ?? 'hello'}`,
+    `Date: Mon, 23 Nov 2026 09:00:00 +0000`,
+    `Message-ID: <${options.messageId ?? `${Math.random().toString(36).slice(2)}@example.test`}>`,
+  ];
+  return `${headers.join('\r\n')}\r\n\r\n${options.body ?? 'Hello Bob.\r\n'}`;
+}
