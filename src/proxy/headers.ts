@@ -1,10 +1,15 @@
 import type { ClientInfo } from './transaction.ts';
 
-/** The header section of a message (up to the first empty line), unfolded (RFC 5322 §2.2.3). */
-export function headerSection(head: Buffer): string {
+/** The header section of a message, up to the first empty line, as sent. */
+export function rawHeaderSection(head: Buffer): string {
   const text = head.toString('latin1');
   const end = text.search(/\r?\n\r?\n/);
-  return (end < 0 ? text : text.slice(0, end)).replace(/\r?\n[ \t]+/g, ' ');
+  return end < 0 ? text : text.slice(0, end);
+}
+
+/** The header section unfolded (RFC 5322 §2.2.3): one field per line. */
+export function headerSection(head: Buffer): string {
+  return rawHeaderSection(head).replace(/\r?\n[ \t]+/g, ' ');
 }
 
 /** First value of a header field, or undefined. */

@@ -3,7 +3,7 @@ import MimeNode from 'nodemailer/lib/mime-node';
 import { connectDestination, resolveDestination, type Destination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { formatReply, type Reply } from '../upstream/index.ts';
-import { headerSection, rfc5322Date } from './headers.ts';
+import { rawHeaderSection, rfc5322Date } from './headers.ts';
 import { enhancedOf } from './outcome.ts';
 import type { Spool } from './spool.ts';
 import type { RelayContext } from './transaction.ts';
@@ -66,7 +66,13 @@ export async function composeStatusNotification(input: NotificationInput, report
   report
     .createChild('text/rfc822-headers')
     .setHeader('Content-Transfer-Encoding', '7bit')
-    .setContent(headerSection(input.spool.head(64 * 1024)).replace(/[^\x09\x20-\x7e]/g, '?').split(/\r?\n/).join('\r\n') + '\r\n');
+    // 7bit by RFC 6522 §3: 8-bit header bytes cannot travel in it, so they are masked.
+    .setContent(
+      rawHeaderSection(input.spool.head(64 * 1024))
+        .split(/\r?\n/)
+        .map((line) => line.replace(/[^\x09\x20-\x7e]/g, '?'))
+        .join('\r\n') + '\r\n',
+    );
   return report.build();
 }
 

@@ -48,6 +48,14 @@ interface Leg {
   data?: string;
 }
 
+/** What became of one recipient at DATA; `said` is the destination's own reply, when it gave one. */
+interface LegResult {
+  address: string;
+  outcome: Outcome;
+  remoteMta: string;
+  said?: Reply;
+}
+
 interface RecipientRecord {
   address: string;
   destination?: string;
@@ -243,7 +251,7 @@ export class Transaction {
 
     // Mixed classes. RFC 3464: recipients refused for good are reported to the sender by the relay.
     let bounced: Refusal[] = [];
-    const refusals: Refusal[] = permanent.map((r) => ({ address: r.address, reply: r.outcome.reply, remoteMta: r.remoteMta }));
+    const refusals: Refusal[] = permanent.map((r) => ({ address: r.address, reply: r.said ?? r.outcome.reply, remoteMta: r.remoteMta }));
     if (refusals.length && this.#sender === '') {
       bounced = refusals; // RFC 5321 §6.1: never notify about a notification
     } else if (refusals.length) {
@@ -275,12 +283,12 @@ export class Transaction {
   }
 
   /** Sends the message to one destination for the given recipients; one result per recipient. */
-  async #sendToLeg(leg: Leg, pending: string[], header: Buffer, spool: Spool): Promise<{ address: string; outcome: Outcome; remoteMta: string }[]> {
+  async #sendToLeg(leg: Leg, pending: string[], header: Buffer, spool: Spool): Promise<LegResult[]> {
     const who = this.#who(leg);
     // The session was lost after some recipients were accepted: they wait for the client's retry.
     if (leg.refused || !leg.connected) return pending.map((address) => ({ address, outcome: leg.refused!, remoteMta: who }));
     const session = leg.connected.session;
-    const results: { address: string; outcome: Outcome; remoteMta: string }[] = [];
+    const results: LegResult[] = [];
     const lost = (err: unknown): Outcome =>
       failure('temporary', 451, '4.4.2', `${who}: connection lost during delivery (${err instanceof UpstreamError ? err.kind : 'error'}: ${(err as Error).message})`);
     let recipients = pending;
@@ -289,12 +297,12 @@ export class Transaction {
       if (pending.length < leg.recipients.length) {
         await session.rset();
         const mail = await session.mailFrom(this.#sender, this.#mailParams(leg.connected));
-        if (mail.code >= 300) return pending.map((address) => ({ address, outcome: outcomeOf(this.#relayed(mail, who), 'MAIL FROM refused on retry'), remoteMta: who }));
+        if (mail.code >= 300) return pending.map((address) => ({ address, outcome: outcomeOf(this.#relayed(mail, who), 'MAIL FROM refused on retry'), remoteMta: who, said: mail }));
         recipients = [];
         for (const address of pending) {
           const reply = await session.rcptTo(address);
           if (reply.code < 300) recipients.push(address);
-          else results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), 'RCPT refused on retry'), remoteMta: who });
+          else results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), 'RCPT refused on retry'), remoteMta: who, said: reply });
         }
         if (recipients.length === 0) return results;
       }
@@ -302,7 +310,7 @@ export class Transaction {
       leg.data = formatReply(reply);
       for (const address of recipients) {
         this.#record(address).data = leg.data;
-        results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), `DATA refused: ${leg.data}`), remoteMta: who });
+        results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), `DATA refused: ${leg.data}`), remoteMta: who, said: reply });
       }
     } catch (err) {
       const outcome = lost(err);

@@ -63,6 +63,8 @@ export interface WorldOptions {
 
 export const GMAIL: DestinationSpec = { domain: 'gmail.test', mx: [{ name: 'mx.gmail.test', ip: '127.0.0.10' }] };
 export const OUTLOOK: DestinationSpec = { domain: 'outlook.test', mx: [{ name: 'mx.outlook.test', ip: '127.0.0.11' }] };
+/** The sending organisation's own MX: where status notifications to its senders arrive. */
+export const CORP: DestinationSpec = { domain: 'example.test', mx: [{ name: 'mx.example.test', ip: '127.0.0.12' }] };
 
 /**
  * A simulated internet on loopback (DESIGN §9): a DNS server with the test zones, simulated
@@ -102,7 +104,7 @@ export class World {
     const destinations = new Map<string, Destination>();
     const egress = options.egress ?? [{ ip: '127.0.0.2', ptr: 'relay-out.example.test' }];
     try {
-      for (const spec of options.destinations ?? [GMAIL, OUTLOOK]) {
+      for (const spec of options.destinations ?? [GMAIL, OUTLOOK, CORP]) {
         spec.mx.forEach((mx, i) => {
           dns.add(spec.domain, { type: 'MX', data: { preference: 10 * (i + 1), exchange: mx.name } });
           dns.add(mx.name, { type: 'A', data: mx.ip });
@@ -123,7 +125,6 @@ export class World {
       }
       // The sending organisation: SPF authorizes the egress addresses.
       dns.add('example.test', { type: 'TXT', data: `v=spf1 ${egress.map((e) => `ip4:${e.ip}`).join(' ')} -all` });
-      dns.add('example.test', { type: 'MX', data: { preference: 10, exchange: 'mx.example.test' } });
 
       const config = parseConfig({
         listeners: [{ host: '127.0.0.1', port: 0 }],
