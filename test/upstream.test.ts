@@ -96,6 +96,11 @@ interface Raw {
   close(): Promise<void>;
 }
 
+// A function, so TypeScript does not keep the narrowing across script calls that change it.
+function inDataMode(conn: RawConn): boolean {
+  return conn.mode === 'data';
+}
+
 /** A scripted SMTP server for what smtp-server cannot be made to do. */
 async function startRaw(
   script: (line: string, conn: RawConn) => void,
@@ -124,7 +129,8 @@ async function startRaw(
         }
         script(line, conn);
       }
-      if (conn.mode === 'data' && buffered.length > 0) {
+      // The script may have switched to data mode: what followed DATA is message bytes.
+      if (inDataMode(conn) && buffered.length > 0) {
         const rest = Buffer.from(buffered, 'latin1');
         buffered = '';
         opts.onData?.(rest, conn);

@@ -140,7 +140,7 @@ class DataEncoder {
     }
     this.#prev = prev;
     this.#lineStart = lineStart;
-    if (start === 0) return chunk;
+    if (parts.length === 0) return chunk;
     if (start < chunk.length) parts.push(chunk.subarray(start));
     return Buffer.concat(parts);
   }
