@@ -588,7 +588,10 @@ describe('session against scripted servers', () => {
       {
         onData(chunk, conn) {
           wire = Buffer.concat([wire, chunk]);
-          if (wire.subarray(-5).toString() === '\r\n.\r\n') conn.send('250 2.0.0 queued\r\n');
+          if (wire.subarray(-5).toString() === '\r\n.\r\n') {
+            conn.mode = 'command';
+            conn.send('250 2.0.0 queued\r\n');
+          }
         },
       },
     );
@@ -617,7 +620,10 @@ describe('session against scripted servers', () => {
       {
         onData(chunk, conn) {
           wire += chunk.toString('latin1');
-          if (wire.endsWith('.\r\n')) conn.send('554 5.6.0 empty\r\n');
+          if (wire.endsWith('.\r\n')) {
+            conn.mode = 'command';
+            conn.send('554 5.6.0 empty\r\n');
+          }
         },
       },
     );

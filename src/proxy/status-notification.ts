@@ -1,4 +1,3 @@
-import { Readable } from 'node:stream';
 import MimeNode from 'nodemailer/lib/mime-node';
 import { connectDestination, resolveDestination, type Destination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
@@ -99,7 +98,7 @@ export async function sendStatusNotification(ctx: RelayContext, egress: Egress, 
   const { session } = connected;
   try {
     const message = await composeStatusNotification(input, egress.helo);
-    const steps = [() => session.mailFrom(''), () => session.rcptTo(input.sender), () => session.data(Readable.from([message]))];
+    const steps = [() => session.mailFrom(''), () => session.rcptTo(input.sender), () => session.data([message])];
     for (const step of steps) {
       const reply = await step();
       if (reply.code >= 300 && reply.code !== 354) {

@@ -306,7 +306,7 @@ export class Transaction {
         }
         if (recipients.length === 0) return results;
       }
-      const reply = await session.data(Readable.from(this.#concat(header, spool)));
+      const reply = await session.data(this.#concat(header, spool));
       leg.data = formatReply(reply);
       for (const address of recipients) {
         this.#record(address).data = leg.data;
@@ -322,7 +322,7 @@ export class Transaction {
 
   async *#concat(header: Buffer, spool: Spool): AsyncGenerator<Buffer> {
     yield header;
-    for await (const chunk of spool.stream()) yield chunk as Buffer;
+    yield* spool.chunks();
   }
 
   #record(address: string): RecipientRecord {

@@ -1,6 +1,5 @@
 import net from 'node:net';
 import tls from 'node:tls';
-import type { Readable } from 'node:stream';
 import { ReplyParser, formatReply, type Reply } from './reply.ts';
 
 export type StartTlsMode = 'opportunistic' | 'never';
@@ -92,6 +91,9 @@ const LF = 0x0a;
 const DOT = 0x2e;
 const CRLF_BUF = Buffer.from('\r\n');
 const LF_BUF = Buffer.from('\n');
+/** The message for DATA: a stream, an async generator or an array of chunks. */
+export type MessageSource = AsyncIterable<Buffer | Uint8Array | string> | Iterable<Buffer | Uint8Array | string>;
+
 const DOT_BUF = Buffer.from('.');
 const END = '.\r\n';
 
@@ -269,7 +271,8 @@ export class UpstreamSession {
   #waiter: ReplyWaiter | null = null;
   #streaming = false;
   #early: Reply | null = null;
-  // Wakes the data loop out of a drain wait when a reply or a failure arrives.
+  // Wakes a wait that no reply ends (a drain during DATA, the TLS handshake) when a reply
+  // or a failure arrives.
   #wake: (() => void) | null = null;
   // Why the session can no longer be used; set once, by whatever ended it first.
   #failure: UpstreamError | null = null;
@@ -286,7 +289,7 @@ export class UpstreamSession {
     this.#attach(socket);
   }
 
-  /** EHLO keywords, upper-cased, to their parameters (`SIZE` → `35882577`, `8BITMIME` → ``). Empty after HELO. */
+  /** EHLO keywords, upper-cased, to their parameters (`SIZE` → `35882577`, `8BITMIME` → empty). Empty after HELO. */
   get extensions(): ReadonlyMap<string, string> {
     return this.#extensions;
   }
@@ -318,14 +321,15 @@ export class UpstreamSession {
   }
 
   /**
-   * DATA, then the message. If the server does not answer 354 that reply is returned and the
-   * stream is left unread. Otherwise the stream is consumed (and so ends or is destroyed) and
+   * DATA, then the message. Each chunk is on its way to the kernel before the next is asked
+   * for, so a source may reuse one buffer for every chunk. If the server does not answer 354
+   * that reply is returned and the stream is left unread. Otherwise the stream is consumed (and so ends or is destroyed) and
    * the final reply is returned. A reply that arrives before the message is fully sent ends
    * the transaction: it is returned and the session is closed, since the server's state is
    * unknown. If the stream errors, the connection is dropped before the final dot, so the
    * server cannot accept a truncated message, and the stream's own error is thrown.
    */
-  async data(message: Readable): Promise<Reply> {
+  async data(message: MessageSource): Promise<Reply> {
     return this.#enqueue(async () => {
       const intermediate = await this.#command('DATA', this.#timeouts.dataStart, 'DATA');
       if (intermediate.code !== 354) return intermediate;
@@ -441,8 +445,9 @@ export class UpstreamSession {
 
   async #upgrade(): Promise<void> {
     if (this.#failure) throw this.#failure;
-    // RFC 3207 §4.2 / CVE-2011-0411: plaintext the server sent after its 220 must not be read
-    // as if it came over TLS. Nothing may follow the 220 at all, so its presence is an error.
+    // RFC 3207 §4.2 and the STARTTLS injection bugs (CVE-2011-0411 and kin): plaintext sent
+    // after the 220 must never be read as if it came over TLS. Nothing may follow the 220 at
+    // all, so its presence is an error rather than something to discard.
     if (this.#parser.pending) {
       this.#fail(new UpstreamError('protocol', 'server sent data after 220 to STARTTLS'));
       throw this.#failure;
@@ -593,7 +598,7 @@ export class UpstreamSession {
   }
 
   /** Streams the message and the final dot. Returns a reply that arrived before the end, else null. */
-  async #sendMessage(message: Readable): Promise<Reply | null> {
+  async #sendMessage(message: MessageSource): Promise<Reply | null> {
     const encoder = new DataEncoder();
     this.#streaming = true;
     this.#early = null;
@@ -626,23 +631,23 @@ export class UpstreamSession {
 
   async #write(chunk: Buffer): Promise<void> {
     this.#check();
-    if (this.#socket.write(chunk)) return;
     const socket = this.#socket;
     await new Promise<void>((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
-        socket.off('drain', done);
         this.#wake = null;
         resolve();
       };
       const timer = setTimeout(() => {
         this.#fail(new UpstreamError('timeout', `server did not take message data within ${this.#timeouts.dataBlock} ms`));
       }, this.#timeouts.dataBlock);
-      socket.on('drain', done);
       this.#wake = done;
+      // The callback runs once the chunk has left for the kernel: the source may then reuse it.
+      socket.write(chunk, () => this.#wake === done && done());
     });
     this.#check();
   }
+
 }
 
 /**

@@ -67,38 +67,23 @@ export const OUTLOOK: DestinationSpec = { domain: 'outlook.test', mx: [{ name: '
 export const CORP: DestinationSpec = { domain: 'example.test', mx: [{ name: 'mx.example.test', ip: '127.0.0.12' }] };
 
 /**
- * A simulated internet on loopback (DESIGN §9): a DNS server with the test zones, simulated
- * destinations that verify what they receive with mailauth, and the relay in this process
- * pointed at both, egressing from 127.0.0.x addresses whose PTR names its HELO.
+ * A simulated internet on loopback (DESIGN §9): a DNS server with the test zones, and
+ * simulated destinations that verify what they receive with mailauth against it.
  */
-export class World {
+export class Internet {
   readonly dns: DnsServer;
   readonly destinations: Map<string, Destination>;
-  readonly relay: Relay;
-  readonly logs: LogCapture;
-  readonly config: Config;
   readonly mxPort: number;
+  readonly egress: { ip: string; ptr?: string; confirmed?: boolean }[];
 
-  private constructor(dns: DnsServer, destinations: Map<string, Destination>, relay: Relay, logs: LogCapture, config: Config, mxPort: number) {
+  protected constructor(dns: DnsServer, destinations: Map<string, Destination>, mxPort: number, egress: Internet['egress']) {
     this.dns = dns;
     this.destinations = destinations;
-    this.relay = relay;
-    this.logs = logs;
-    this.config = config;
     this.mxPort = mxPort;
+    this.egress = egress;
   }
 
-  get port(): number {
-    return this.relay.ports[0];
-  }
-
-  destination(domain: string): Destination {
-    const destination = this.destinations.get(domain);
-    if (!destination) throw new Error(`no destination for ${domain}`);
-    return destination;
-  }
-
-  static async start(options: WorldOptions = {}): Promise<World> {
+  static async start(options: WorldOptions = {}): Promise<Internet> {
     const dns = await DnsServer.start();
     const mxPort = await freePort();
     const destinations = new Map<string, Destination>();
@@ -109,7 +94,6 @@ export class World {
           dns.add(spec.domain, { type: 'MX', data: { preference: 10 * (i + 1), exchange: mx.name } });
           dns.add(mx.name, { type: 'A', data: mx.ip });
         });
-        // One destination per domain, on its first MX; further MX names share it unless marked dead.
         const first = spec.mx[0];
         destinations.set(
           spec.domain,
@@ -125,31 +109,73 @@ export class World {
       }
       // The sending organisation: SPF authorizes the egress addresses.
       dns.add('example.test', { type: 'TXT', data: `v=spf1 ${egress.map((e) => `ip4:${e.ip}`).join(' ')} -all` });
-
-      const config = parseConfig({
-        listeners: [{ host: '127.0.0.1', port: 0 }],
-        clients: { networks: ['127.0.0.1/32'] },
-        egress: egress.map((e) => ({ ip: e.ip })),
-        dns: { servers: [dns.address], timeout: '1s', tries: 1 },
-        delivery: { port: mxPort, connectTimeout: '2s', commandTimeout: '10s', dataTimeout: '20s' },
-        log: { level: 'info' },
-        ...options.config,
-      });
-      const logs = new LogCapture();
-      const { ca } = await testCertificate(['mx.test']);
-      const relay = await startRelay(config, createLogger(config.log.level, logs), { upstreamTls: { ca } });
-      return new World(dns, destinations, relay, logs, config, mxPort);
     } catch (err) {
       await Promise.all([...destinations.values()].map((d) => d.close()));
       await dns.close();
       throw err;
     }
+    return new Internet(dns, destinations, mxPort, egress);
+  }
+
+  destination(domain: string): Destination {
+    const destination = this.destinations.get(domain);
+    if (!destination) throw new Error(`no destination for ${domain}`);
+    return destination;
+  }
+
+  /** A relay config (before validation) pointed at this internet, with `overrides` per top-level key. */
+  relayConfig(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+    return {
+      listeners: [{ host: '127.0.0.1', port: 0 }],
+      clients: { networks: ['127.0.0.1/32'] },
+      egress: this.egress.map((e) => ({ ip: e.ip })),
+      dns: { servers: [this.dns.address], timeout: '1s', tries: 1 },
+      delivery: { port: this.mxPort, connectTimeout: '2s', commandTimeout: '10s', dataTimeout: '20s' },
+      log: { level: 'info' },
+      ...overrides,
+    };
   }
 
   async close(): Promise<void> {
-    await this.relay.close();
     await Promise.all([...this.destinations.values()].map((d) => d.close()));
     await this.dns.close();
+  }
+}
+
+/** The internet plus the relay running in this process, its log captured. */
+export class World extends Internet {
+  readonly relay: Relay;
+  readonly logs: LogCapture;
+  readonly config: Config;
+
+  private constructor(internet: Internet, relay: Relay, logs: LogCapture, config: Config) {
+    super(internet.dns, internet.destinations, internet.mxPort, internet.egress);
+    this.relay = relay;
+    this.logs = logs;
+    this.config = config;
+  }
+
+  get port(): number {
+    return this.relay.ports[0];
+  }
+
+  static override async start(options: WorldOptions = {}): Promise<World> {
+    const internet = await Internet.start(options);
+    try {
+      const config = parseConfig(internet.relayConfig(options.config));
+      const logs = new LogCapture();
+      const { ca } = await testCertificate(['mx.test']);
+      const relay = await startRelay(config, createLogger(config.log.level, logs), { upstreamTls: { ca } });
+      return new World(internet, relay, logs, config);
+    } catch (err) {
+      await internet.close();
+      throw err;
+    }
+  }
+
+  override async close(): Promise<void> {
+    await this.relay.close();
+    await super.close();
   }
 }
 
@@ -157,7 +183,7 @@ export class World {
 export function message(options: { from?: string; to?: string; subject?: string; body?: string; messageId?: string } = {}): string {
   const headers = [
     `From: Alice <${options.from ?? 'alice@example.test'}>`,
-    `To: <${options.to ?? 'bob@gmail.test'}>`,
+    `To: ${(options.to ?? 'bob@gmail.test').split(',').map((address) => `<${address.trim()}>`).join(', ')}`,
     `Subject: ${options.subject ?? 'hello'}`,
     `Date: Mon, 23 Nov 2026 09:00:00 +0000`,
     `Message-ID: <${options.messageId ?? `${Math.random().toString(36).slice(2)}@example.test`}>`,

@@ -1,0 +1,66 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { stringify } from 'yaml';
+
+const BIN = path.resolve(import.meta.dirname, '../../bin/hygiene-relay.ts');
+
+/** The relay as its own process, started from a YAML file like an admin would start it. */
+export class RelayProcess {
+  readonly child: ChildProcess;
+  readonly port: number;
+  readonly records: Record<string, unknown>[];
+
+  private constructor(child: ChildProcess, port: number, records: Record<string, unknown>[]) {
+    this.child = child;
+    this.port = port;
+    this.records = records;
+  }
+
+  static async start(configFile: string, config: Record<string, unknown>): Promise<RelayProcess> {
+    writeFileSync(configFile, stringify(config));
+    const child = spawn(process.execPath, [BIN, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const records: Record<string, unknown>[] = [];
+    let stderr = '';
+    child.stderr!.on('data', (chunk) => (stderr += chunk));
+    const lines = createInterface({ input: child.stdout! });
+    const port = await new Promise<number>((resolve, reject) => {
+      lines.on('line', (line) => {
+        const record = JSON.parse(line) as Record<string, unknown>;
+        records.push(record);
+        if (record.msg === 'relay started') resolve((record.ports as number[])[0]);
+      });
+      child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${stderr}`)));
+    });
+    return new RelayProcess(child, port, records);
+  }
+
+  /** A line of /proc/PID/status in bytes (VmRSS: resident now, VmHWM: the peak so far). */
+  memory(field: 'VmRSS' | 'VmHWM'): number {
+    const status = readFileSync(`/proc/${this.child.pid}/status`, 'utf8');
+    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status);
+    if (!match) throw new Error(`no ${field} in /proc/${this.child.pid}/status`);
+    return Number(match[1]) * 1024;
+  }
+
+  async stop(): Promise<number | null> {
+    if (this.child.exitCode !== null) return this.child.exitCode;
+    const exited = new Promise<number | null>((resolve) => this.child.once('exit', (code) => resolve(code)));
+    this.child.kill('SIGTERM');
+    return exited;
+  }
+}
+
+/** Runs the CLI to completion: exit code, stdout and stderr. */
+export function runCli(args: string[], input?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.stdin.end(input ?? '');
+    child.once('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}

@@ -1,0 +1,79 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { parseConfig } from '../src/config/index.ts';
+import { createResolver } from '../src/dns/index.ts';
+import { IdentityError, verifyEgress } from '../src/identity/index.ts';
+import { createLogger } from '../src/observability/index.ts';
+import { startRelay } from '../src/relay.ts';
+import { DnsServer } from './harness/dns-server.ts';
+import { send } from './harness/send.ts';
+import { Internet, LogCapture, message } from './harness/world.ts';
+
+describe('egress identity', () => {
+  let dns: DnsServer;
+  before(async () => {
+    dns = await DnsServer.start();
+    dns.addPtr('127.0.0.2', 'good.example.test');
+    dns.addPtr('127.0.0.3', 'unconfirmed.example.test', { forward: false });
+    dns.add('unconfirmed.example.test', { type: 'A', data: '127.0.0.99' });
+  });
+  after(async () => dns.close());
+  const resolve = () => createResolver({ servers: [dns.address], timeout: 1000, tries: 1 });
+
+  it('takes the PTR as HELO when it forward-confirms', async () => {
+    const egress = await verifyEgress({ ip: '127.0.0.2', helo: 'auto' }, resolve());
+    assert.deepEqual(egress, { ip: '127.0.0.2', bind: '127.0.0.2', helo: 'good.example.test', verified: true });
+  });
+
+  it('does not verify a PTR whose name resolves elsewhere, and says which record to add', async () => {
+    const egress = await verifyEgress({ ip: '127.0.0.3', helo: 'auto' }, resolve());
+    assert.equal(egress.verified, false);
+    assert.match(egress.problem!, /unconfirmed\.example\.test, but that name does not resolve back to 127\.0\.0\.3: add an A\/AAAA record/);
+  });
+
+  it('does not verify an address without PTR, nor a configured HELO the PTR does not name', async () => {
+    const none = await verifyEgress({ ip: '127.0.0.4', helo: 'auto' }, resolve());
+    assert.equal(none.verified, false);
+    assert.equal(none.helo, '[127.0.0.4]');
+    assert.match(none.problem!, /no PTR record for 127\.0\.0\.4/);
+    const mismatch = await verifyEgress({ ip: '127.0.0.2', helo: 'mail.example.test' }, resolve());
+    assert.equal(mismatch.verified, false);
+    assert.match(mismatch.problem!, /PTR of 127\.0\.0\.2 is good\.example\.test, not the configured HELO mail\.example\.test/);
+  });
+});
+
+describe('strict mode', () => {
+  let internet: Internet;
+  before(async () => {
+    internet = await Internet.start({ egress: [{ ip: '127.0.0.2', ptr: 'relay-out.example.test' }] });
+  });
+  after(async () => internet.close());
+
+  it('refuses to start when an egress identity does not verify', async () => {
+    const config = parseConfig(internet.relayConfig({ strict: true, egress: [{ ip: '127.0.0.2' }, { ip: '127.0.0.40' }] }));
+    await assert.rejects(startRelay(config, createLogger('silent')), (err: Error) => err instanceof IdentityError && /127\.0\.0\.40: no PTR record/.test(err.message));
+  });
+
+  it('takes an identity that stops verifying out of use, and back when it verifies again', async () => {
+    const logs = new LogCapture();
+    const config = parseConfig(internet.relayConfig({ strict: true }));
+    const relay = await startRelay(config, createLogger('info', logs));
+    try {
+      assert.equal((await send(relay.ports[0], 'alice@example.test', ['bob@gmail.test'], message())).data?.code, 250);
+
+      internet.dns.remove('relay-out.example.test', 'A');
+      await relay.egress.check(false);
+      const refused = await send(relay.ports[0], 'alice@example.test', ['bob@gmail.test'], message());
+      assert.equal(refused.mail.code, 451);
+      assert.match(refused.mail.text, /^4\.3\.5 no egress identity verifies/);
+      assert.ok(logs.records.some((r) => r.level === 'error' && r.msg === 'egress identity stopped verifying: taken out of use'));
+
+      internet.dns.add('relay-out.example.test', { type: 'A', data: '127.0.0.2' });
+      await relay.egress.check(false);
+      assert.equal((await send(relay.ports[0], 'alice@example.test', ['bob@gmail.test'], message())).data?.code, 250);
+      assert.ok(logs.records.some((r) => r.msg === 'egress identity verifies again'));
+    } finally {
+      await relay.close();
+    }
+  });
+});
