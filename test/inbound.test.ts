@@ -109,3 +109,58 @@ describe('client authorization: never an open relay', () => {
     assert.equal(delivered(), before);
   });
 });
+
+describe('listeners: PROXY protocol and implicit TLS', () => {
+  let world: World;
+  let dir: string;
+  let ca: string;
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'relay-tls-'));
+    const certificate = await testCertificate(['relay.test', '127.0.0.1']);
+    ca = certificate.ca;
+    writeFileSync(path.join(dir, 'tls.key'), certificate.key);
+    writeFileSync(path.join(dir, 'tls.crt'), certificate.cert);
+    world = await World.start({
+      config: {
+        listeners: [
+          { host: '127.0.0.1', port: 0, proxyProtocol: true },
+          { host: '127.0.0.1', port: 0, implicitTls: true },
+        ],
+        tls: { cert: path.join(dir, 'tls.crt'), key: path.join(dir, 'tls.key') },
+        clients: { networks: ['127.0.0.1/32', '10.1.2.0/24'] },
+      },
+    });
+  });
+  after(async () => {
+    await world.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function viaProxy(clientIp: string) {
+    const { client } = await RawClient.connect(world.relay.ports[0], { localAddress: OUTSIDER, proxyHeader: `PROXY TCP4 ${clientIp} 127.0.0.1 40000 25\r\n` });
+    await client.command('EHLO corp-ex01.example.test');
+    const mail = await client.command('MAIL FROM:<alice@example.test>');
+    await client.quit();
+    return mail;
+  }
+
+  it('judges the client by the address in the PROXY header, not the load balancer', async () => {
+    assert.equal((await viaProxy('10.1.2.3')).code, 250);
+    const refused = await viaProxy('198.51.100.7');
+    assert.equal(refused.code, 550);
+    assert.match(refused.text, /198\.51\.100\.7 is not in a trusted network/);
+  });
+
+  it('relays over an implicit-TLS listener', async () => {
+    const { client, greeting } = await RawClient.connect(world.relay.ports[1], { tls: { ca } });
+    assert.equal(greeting.code, 220);
+    await client.command('EHLO corp-ex01.example.test');
+    await client.command('MAIL FROM:<alice@example.test>');
+    assert.equal((await client.command('RCPT TO:<bob@gmail.test>')).code, 250);
+    const { final } = await client.data(message({ subject: 'implicit tls' }));
+    await client.quit();
+    assert.equal(final?.code, 250);
+    const [received] = await world.destination('gmail.test').waitForMessages(1);
+    assert.match(received.message.toString(), /with ESMTPS id /);
+  });
+});

@@ -50,8 +50,16 @@ export class RawClient {
     }
   }
 
-  static async connect(port: number, options: { host?: string; localAddress?: string } = {}): Promise<{ client: RawClient; greeting: ClientReply }> {
-    const socket = net.connect({ port, host: options.host ?? '127.0.0.1', localAddress: options.localAddress });
+  /** `proxyHeader`: a HAProxy PROXY v1 line sent first, as a load balancer would. `tls`: implicit TLS. */
+  static async connect(
+    port: number,
+    options: { host?: string; localAddress?: string; proxyHeader?: string; tls?: { ca: string } } = {},
+  ): Promise<{ client: RawClient; greeting: ClientReply }> {
+    const host = options.host ?? '127.0.0.1';
+    const socket = options.tls
+      ? tls.connect({ port, host, ca: options.tls.ca, servername: 'relay.test' })
+      : net.connect({ port, host, localAddress: options.localAddress });
+    if (options.proxyHeader) socket.write(options.proxyHeader);
     const client = new RawClient(socket);
     const greeting = await client.#next();
     return { client, greeting };
