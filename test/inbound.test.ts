@@ -164,3 +164,21 @@ describe('listeners: PROXY protocol and implicit TLS', () => {
     assert.match(received.message.toString(), /with ESMTPS id /);
   });
 });
+
+describe('connection limit', () => {
+  let world: World;
+  before(async () => {
+    world = await World.start({ config: { limits: { maxClients: 1 } } });
+  });
+  after(async () => world.close());
+
+  it('answers 421 to a client past limits.maxClients', async () => {
+    const first = await RawClient.connect(world.port);
+    assert.equal(first.greeting.code, 220);
+    const second = await RawClient.connect(world.port);
+    assert.equal(second.greeting.code, 421);
+    await second.client.closed;
+    assert.match(second.greeting.text, /Too many connected clients/);
+    await first.client.quit();
+  });
+});

@@ -181,3 +181,48 @@ describe('next MX and unreachable destinations', () => {
     assert.equal(result.data, undefined);
   });
 });
+
+describe('routes and the bounce route', () => {
+  let world: World;
+  before(async () => {
+    world = await World.start({
+      destinations: [
+        { domain: 'outlook.test', mx: [{ name: 'mx.outlook.test', ip: '127.0.0.11' }] },
+        { domain: 'partner-relay.test', mx: [{ name: 'smtp.partner-relay.test', ip: '127.0.0.13' }] },
+        { domain: 'corp-bounces.test', mx: [{ name: 'exchange.corp-bounces.test', ip: '127.0.0.14' }] },
+      ],
+      config: (internet) => ({
+        delivery: {
+          port: internet.mxPort,
+          routes: [{ domains: ['*.partner.test', 'partner.test'], host: 'smtp.partner-relay.test', port: internet.mxPort }],
+          bounceRoute: { host: '127.0.0.14', port: internet.mxPort },
+        },
+      }),
+    });
+  });
+  after(async () => world.close());
+
+  it('sends a routed domain and its subdomains to the route instead of their MX', async () => {
+    const result = await send(world.port, 'alice@example.test', ['p@partner.test', 'q@eu.partner.test'], message());
+    assert.equal(result.data?.code, 250, JSON.stringify(result));
+    const [received] = await world.destination('partner-relay.test').waitForMessages(1);
+    assert.deepEqual(received.envelope.rcptTo, ['p@partner.test', 'q@eu.partner.test'], 'one session for the route');
+  });
+
+  it('sends status notifications to the bounce route', async () => {
+    world.destination('outlook.test').script = { data: () => ({ code: 554, message: '5.7.1 Service unavailable; Client host blocked using Spamhaus' }) };
+    const result = await send(world.port, 'alice@example.test', ['p@partner.test', 'carol@outlook.test'], message({ subject: 'bounce route' }));
+    assert.equal(result.data?.code, 250);
+    const [notification] = await world.destination('corp-bounces.test').waitForMessages(1);
+    assert.deepEqual(notification.envelope, { mailFrom: '', rcptTo: ['alice@example.test'] });
+    assert.match(notification.message.toString(), /Diagnostic-Code: smtp; 554 5\.7\.1 Service unavailable; Client host blocked using Spamhaus/);
+  });
+
+  it('answers 451 instead of 250 when the status notification cannot be sent', async () => {
+    world.destination('outlook.test').script = { data: () => ({ code: 550, message: '5.7.1 refused' }) };
+    world.destination('corp-bounces.test').script = { rcptTo: () => ({ code: 450, message: '4.2.1 mailbox busy' }) };
+    const result = await send(world.port, 'alice@example.test', ['p@partner.test', 'carol@outlook.test'], message({ subject: 'no notification' }));
+    assert.equal(result.data?.code, 451);
+    assert.match(result.data!.text, /reached 1 of 2 recipients; <carol@outlook\.test>: 451 4\.3\.0 refused by mx\.outlook\.test .* and the status notification could not be sent/);
+  });
+});

@@ -25,6 +25,14 @@ function reject(outcome: Outcome, callback: Callback): void {
   callback(outcome.kind === 'accepted' ? null : toSmtpError(outcome.reply));
 }
 
+/** A fault of the relay itself is never the client's permanent failure: it retries. */
+function localError(logger: Logger, callback: Callback) {
+  return (err: Error) => {
+    logger.error({ err }, 'unexpected error in the transaction');
+    callback(toSmtpError(failure('temporary', 451, '4.3.0', 'local error in processing; try again later').reply));
+  };
+}
+
 export interface Listening {
   listener: ListenerConfig;
   port: number;
@@ -110,10 +118,10 @@ export class Inbound {
         );
       },
       onMailFrom: (address, session, callback) => {
-        void this.#mailFrom(address.address, address.args, session).then((outcome) => reject(outcome, callback), callback);
+        void this.#mailFrom(address.address, address.args, session).then((outcome) => reject(outcome, callback), localError(this.#logger, callback));
       },
       onRcptTo: (address, session, callback) => {
-        void this.#rcptTo(address.address, session).then((outcome) => reject(outcome, callback), callback);
+        void this.#rcptTo(address.address, session).then((outcome) => reject(outcome, callback), localError(this.#logger, callback));
       },
       onData: (stream, session, callback) => {
         const transaction = this.#transactions.get(session.id);
@@ -125,7 +133,7 @@ export class Inbound {
           this.#transactions.delete(session.id);
           if (outcome.kind === 'accepted') callback(null, outcome.reply.lines.join(' '));
           else callback(toSmtpError(outcome.reply));
-        }, callback);
+        }, localError(this.#logger, callback));
       },
       onClose: (session) => {
         const transaction = this.#transactions.get(session.id);

@@ -53,8 +53,8 @@ export interface DestinationSpec {
 
 export interface WorldOptions {
   destinations?: DestinationSpec[];
-  /** Config keys merged over the world's defaults (shallow per top-level key). */
-  config?: Record<string, unknown>;
+  /** Config keys merged over the world's defaults (shallow per top-level key); a function gets the internet first (its ports). */
+  config?: Record<string, unknown> | ((internet: Internet) => Record<string, unknown>);
   /** Egress addresses with the PTR name each gets (forward-confirmed unless `confirmed: false`). */
   egress?: { ip: string; ptr?: string; confirmed?: boolean }[];
   /** MX hosts that exist in DNS but have nothing listening (connections refused). */
@@ -162,7 +162,8 @@ export class World extends Internet {
   static override async start(options: WorldOptions = {}): Promise<World> {
     const internet = await Internet.start(options);
     try {
-      const config = parseConfig(internet.relayConfig(options.config));
+      const overrides = typeof options.config === 'function' ? options.config(internet) : options.config;
+      const config = parseConfig(internet.relayConfig(overrides));
       const logs = new LogCapture();
       const { ca } = await testCertificate(['mx.test']);
       const relay = await startRelay(config, createLogger(config.log.level, logs), { upstreamTls: { ca } });
