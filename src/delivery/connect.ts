@@ -1,4 +1,5 @@
 import net from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
@@ -17,7 +18,7 @@ export interface ConnectOptions {
   delivery: Config['delivery'];
   resolve: Resolve;
   /** Extra TLS options for upstream STARTTLS (a test CA). */
-  tls?: import('node:tls').ConnectionOptions;
+  tls?: ConnectionOptions;
 }
 
 /** Outbound is IPv4 unless the egress itself is IPv6: receivers refuse IPv6 senders without a verified PTR. */

@@ -25,8 +25,13 @@ function matches(pattern: string, domain: string): boolean {
   return domain === p;
 }
 
-export function findRoute(routes: RouteConfig[], domain: string): RouteConfig | undefined {
+function findRoute(routes: RouteConfig[], domain: string): RouteConfig | undefined {
   return routes.find((route) => route.domains.some((pattern) => matches(pattern, domain)));
+}
+
+/** A fixed next hop (a route, or the bounce route) as a destination. */
+export function routeDestination(next: { host: string; port: number }): Destination {
+  return { key: `route:${next.host}:${next.port}`, hops: [{ name: next.host, port: next.port }], via: 'route' };
 }
 
 /** RFC 5321 §5.1: equal preferences are tried in random order to spread load. */
@@ -43,7 +48,7 @@ function byPreference(records: { exchange: string; priority: number }[]): string
  */
 export async function resolveDestination(domain: string, config: Config['delivery'], resolve: Resolve): Promise<Destination | Outcome> {
   const route = findRoute(config.routes, domain);
-  if (route) return { key: `route:${route.host}:${route.port}`, hops: [{ name: route.host, port: route.port }], via: 'route' };
+  if (route) return routeDestination(route);
 
   let exchanges: string[];
   try {

@@ -1,2 +1,2 @@
-export { resolveDestination, findRoute, type Destination, type NextHop } from './destination.ts';
+export { resolveDestination, routeDestination, type Destination, type NextHop } from './destination.ts';
 export { connectDestination, type Connected, type ConnectOptions } from './connect.ts';

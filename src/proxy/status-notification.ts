@@ -1,5 +1,5 @@
 import MimeNode from 'nodemailer/lib/mime-node';
-import { connectDestination, resolveDestination, type Destination } from '../delivery/index.ts';
+import { connectDestination, resolveDestination, routeDestination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { formatReply, type Reply } from '../upstream/index.ts';
 import { rawHeaderSection, rfc5322Date } from './headers.ts';
@@ -83,8 +83,8 @@ export async function composeStatusNotification(input: NotificationInput, report
 export async function sendStatusNotification(ctx: RelayContext, egress: Egress, input: NotificationInput): Promise<boolean> {
   const logger = ctx.logger.child({ id: input.id, component: 'status-notification' });
   const bounceRoute = ctx.config.delivery.bounceRoute;
-  const destination: Destination | { kind: string } = bounceRoute
-    ? { key: `route:${bounceRoute.host}:${bounceRoute.port}`, hops: [{ name: bounceRoute.host, port: bounceRoute.port }], via: 'route' }
+  const destination = bounceRoute
+    ? routeDestination(bounceRoute)
     : await resolveDestination(input.sender.slice(input.sender.lastIndexOf('@') + 1).toLowerCase(), ctx.config.delivery, ctx.resolve);
   if ('kind' in destination) {
     logger.warn({ sender: input.sender }, 'status notification not sent: no route to the sender');

@@ -101,10 +101,6 @@ export class Transaction {
     this.#logger = ctx.logger;
   }
 
-  get hasRecipients(): boolean {
-    return this.#recipients.some((r) => r.result === 'accepted');
-  }
-
   /** Prefixes a destination's reply so the admin can tell who said it and find the log record. */
   #relayed(reply: Reply, who: string): Reply {
     const text = reply.lines.join(' ');

@@ -7,13 +7,6 @@ export interface Reply {
   lines: string[];
 }
 
-export type ReplyClass = 'accepted' | 'temporary' | 'permanent';
-
-export function classOf(reply: Reply): ReplyClass {
-  if (reply.code < 400) return 'accepted';
-  return reply.code < 500 ? 'temporary' : 'permanent';
-}
-
 /** `550 5.1.1 text…` on one line, as a log field or part of another reply. */
 export function formatReply(reply: Reply): string {
   return [String(reply.code), reply.enhanced, reply.lines.join(' ')].filter(Boolean).join(' ');
