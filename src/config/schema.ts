@@ -81,6 +81,26 @@ const route = z.strictObject({
   port: port.default(25),
 });
 
+const selector = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9_-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9_-]*[a-z0-9])?)*$/i, 'must be a DKIM selector (letters, digits, hyphens, dots)');
+
+const dkimKey = z.strictObject({
+  selector,
+  /** A PEM file path, or the PEM itself (for keys mounted as secrets into the config). */
+  key: z.string().min(1),
+  /** Checked against the key's type; taken from the key when absent. */
+  algorithm: z.enum(['rsa-sha256', 'ed25519-sha256']).optional(),
+  /** Loaded and checked, not used to sign: the next key of a rotation. */
+  standby: z.boolean().default(false),
+});
+
+const sendingDomain = z.strictObject({
+  dkim: z.array(dkimKey).default([]),
+  /** The keys also sign mail whose From is a subdomain (d= stays this domain). */
+  subdomains: z.boolean().default(false),
+});
+
 export const configSchema = z.strictObject({
   listeners: z.array(listener).min(1).prefault([{}]),
   tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
@@ -121,6 +141,11 @@ export const configSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
+  /** Sending domains, keyed by domain name: their DKIM keys. */
+  domains: z
+    .record(z.string(), sendingDomain)
+    .default({})
+    .transform((domains) => Object.fromEntries(Object.entries(domains).map(([name, settings]) => [name.toLowerCase().replace(/\.$/, ''), settings]))),
   memo: z
     .strictObject({
       redis: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
@@ -145,6 +170,14 @@ export const relayConfigSchema = configSchema.superRefine((config, ctx) => {
       ctx.addIssue({ code: 'custom', path: ['listeners', index], message: 'starttls and implicitTls exclude each other' });
     }
   });
+  for (const [name, settings] of Object.entries(config.domains)) {
+    if (!hostname.safeParse(name).success) ctx.addIssue({ code: 'custom', path: ['domains', name], message: 'must be a domain name' });
+    const selectors = new Set<string>();
+    settings.dkim.forEach((key, index) => {
+      if (selectors.has(key.selector)) ctx.addIssue({ code: 'custom', path: ['domains', name, 'dkim', index, 'selector'], message: `duplicate selector "${key.selector}"` });
+      selectors.add(key.selector);
+    });
+  }
   const names = new Set<string>();
   config.clients.users.forEach((user, index) => {
     if (names.has(user.name)) ctx.addIssue({ code: 'custom', path: ['clients', 'users', index, 'name'], message: `duplicate user "${user.name}"` });

@@ -58,6 +58,12 @@ export class Inbound {
     this.#clients = new ClientAuthorization(ctx.config.clients);
   }
 
+  /** New transactions use the new context (config, keys, clients); those in flight keep theirs. */
+  update(ctx: RelayContext): void {
+    this.#ctx = ctx;
+    this.#clients = new ClientAuthorization(ctx.config.clients);
+  }
+
   get listening(): readonly Listening[] {
     return this.#servers;
   }

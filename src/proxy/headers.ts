@@ -1,3 +1,4 @@
+import addressparser from 'nodemailer/lib/addressparser';
 import type { ClientInfo } from './transaction.ts';
 
 /** The header section of a message, up to the first empty line, as sent. */
@@ -37,4 +38,75 @@ export function receivedHeader(options: { client: ClientInfo; by: string; id: st
   const from = `${client.helo || 'unknown'} ([${client.address}])`;
   const forClause = options.recipients.length === 1 ? `\r\n\tfor <${options.recipients[0]}>` : '';
   return Buffer.from(`Received: from ${from}\r\n\tby ${options.by} (hygiene-relay) with ${protocol} id ${options.id}${forClause};\r\n\t${rfc5322Date()}\r\n`);
+}
+
+/**
+ * Finds where the header section ends (the first empty line, RFC 5322 §2.1) while the
+ * message streams in; keeps the header bytes and hands every body byte to `onBody`.
+ */
+export class HeaderSplitter {
+  #held: Buffer = Buffer.alloc(0);
+  #header?: Buffer;
+  #onBody: (chunk: Buffer) => void;
+  #limit: number;
+
+  constructor(onBody: (chunk: Buffer) => void, limit = 1024 * 1024) {
+    this.#onBody = onBody;
+    this.#limit = limit;
+  }
+
+  /** The header section, up to and including the line break of its last field. */
+  get header(): Buffer {
+    return this.#header ?? this.#held;
+  }
+
+  /** The header section grew past the limit without ending. */
+  get overflow(): boolean {
+    return this.#header === undefined && this.#held.length > this.#limit;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.#header) {
+      this.#onBody(chunk);
+      return;
+    }
+    if (this.overflow) return;
+    const from = Math.max(0, this.#held.length - 3);
+    this.#held = this.#held.length ? Buffer.concat([this.#held, chunk]) : chunk;
+    const end = this.#boundary(from);
+    if (end === undefined) return;
+    this.#header = this.#held.subarray(0, end.header);
+    const body = this.#held.subarray(end.body);
+    this.#held = Buffer.alloc(0);
+    if (body.length) this.#onBody(body);
+  }
+
+  #boundary(from: number): { header: number; body: number } | undefined {
+    const held = this.#held;
+    // A message that starts with an empty line has no header fields at all.
+    if (from === 0 && held[0] === 0x0a) return { header: 0, body: 1 };
+    if (from === 0 && held[0] === 0x0d && held[1] === 0x0a) return { header: 0, body: 2 };
+    for (let i = held.indexOf(0x0a, from); i >= 0; i = held.indexOf(0x0a, i + 1)) {
+      if (held[i + 1] === 0x0a) return { header: i + 1, body: i + 2 };
+      if (held[i + 1] === 0x0d && held[i + 2] === 0x0a) return { header: i + 1, body: i + 3 };
+    }
+    return undefined;
+  }
+}
+
+/** Addresses of the From header fields (one entry per From field found). */
+export function fromFields(header: Buffer): string[] {
+  return headerSection(header)
+    .split(/\r?\n/)
+    .filter((line) => /^from\s*:/i.test(line))
+    .map((line) => line.slice(line.indexOf(':') + 1).trim());
+}
+
+/** The domain of the first address of the first From field: whose DKIM key signs the message. */
+export function authorDomain(header: Buffer): string | undefined {
+  const [from] = fromFields(header);
+  if (from === undefined) return undefined;
+  const first = addressparser(from, { flatten: true })[0];
+  const at = first?.address.lastIndexOf('@') ?? -1;
+  return at > 0 ? first.address.slice(at + 1).toLowerCase() : undefined;
 }

@@ -46,11 +46,6 @@ export class Spool {
     return this.#fileName !== undefined;
   }
 
-  /** The first bytes, for reading headers without touching the file. */
-  head(limit: number): Buffer {
-    return Buffer.concat(this.#chunks).subarray(0, limit);
-  }
-
   async write(chunk: Buffer): Promise<void> {
     this.#hash.update(chunk);
     this.#size += chunk.length;
@@ -67,8 +62,7 @@ export class Spool {
       // 0600: message contents are nobody else's business on a shared host.
       this.#file = await open(this.#fileName, 'wx', 0o600);
       await this.#file.writev(this.#chunks);
-      // Keep the first chunk so headers can still be read from memory.
-      this.#chunks = this.#chunks.slice(0, 1);
+      this.#chunks = [];
     }
   }
 

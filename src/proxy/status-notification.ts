@@ -4,7 +4,6 @@ import type { Egress } from '../identity/index.ts';
 import { formatReply, type Reply } from '../upstream/index.ts';
 import { rawHeaderSection, rfc5322Date } from './headers.ts';
 import { enhancedOf } from './outcome.ts';
-import type { Spool } from './spool.ts';
 import type { RelayContext } from './transaction.ts';
 
 /** A recipient a destination refused for good after the client had been told nothing yet. */
@@ -18,7 +17,8 @@ export interface NotificationInput {
   id: string;
   sender: string;
   refusals: Refusal[];
-  spool: Spool;
+  /** The original message's header section (RFC 6522 §3: returned as text/rfc822-headers). */
+  header: Buffer;
   arrival: Date;
 }
 
@@ -67,7 +67,7 @@ export async function composeStatusNotification(input: NotificationInput, report
     .setHeader('Content-Transfer-Encoding', '7bit')
     // 7bit by RFC 6522 §3: 8-bit header bytes cannot travel in it, so they are masked.
     .setContent(
-      rawHeaderSection(input.spool.head(64 * 1024))
+      rawHeaderSection(input.header)
         .split(/\r?\n/)
         .map((line) => line.replace(/[^\x09\x20-\x7e]/g, '?'))
         .join('\r\n') + '\r\n',

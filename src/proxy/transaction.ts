@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ConnectionOptions } from 'node:tls';
+import { createBodyHash, signHeaders, type KeyRing, type Signature } from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
 import { connectDestination, resolveDestination, type Connected, type Destination } from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
@@ -9,7 +10,7 @@ import type { Logger } from '../observability/index.ts';
 import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
 import type { DeliveryMemo, MemoKey } from './memo.ts';
 import { failure, outcomeOf, type Outcome } from './outcome.ts';
-import { headerValue, receivedHeader } from './headers.ts';
+import { authorDomain, HeaderSplitter, headerValue, receivedHeader } from './headers.ts';
 import { Spool } from './spool.ts';
 import { sendStatusNotification, type Refusal } from './status-notification.ts';
 
@@ -18,6 +19,8 @@ export interface RelayContext {
   config: Config;
   resolve: Resolve;
   memo: DeliveryMemo;
+  /** DKIM keys; a transaction keeps the ones it started with across a reload. */
+  keys: KeyRing;
   logger: Logger;
   /** Extra TLS options for upstream STARTTLS (tests trust their CA through this). */
   upstreamTls?: ConnectionOptions;
@@ -35,6 +38,13 @@ export interface MailParams {
   size?: number;
   body?: string;
   smtputf8?: boolean;
+}
+
+/** The message once DATA is complete: where it is kept, its header section, its signatures. */
+interface SpooledMessage {
+  spool: Spool;
+  header: Buffer;
+  signatures: Buffer;
 }
 
 /** One destination's upstream session within the transaction. */
@@ -194,15 +204,28 @@ export class Transaction {
     this.#delivering = true;
     let outcome: Outcome = failure('temporary', 451, '4.3.0', 'message not delivered');
     let messageId: string | undefined;
+    let dkim: Signature[] | string | undefined;
+    const bodyHash = createBodyHash();
+    const splitter = new HeaderSplitter((chunk) => bodyHash.update(chunk));
     try {
-      for await (const chunk of stream) await spool.write(chunk as Buffer);
+      for await (const chunk of stream) {
+        await spool.write(chunk as Buffer);
+        splitter.push(chunk as Buffer);
+      }
       await spool.end();
       if (stream.sizeExceeded) {
         outcome = failure('permanent', 552, '5.3.4', `message exceeds the size limit of ${config.limits.maxMessageSize} bytes`);
         return outcome;
       }
-      messageId = headerValue(spool.head(64 * 1024), 'message-id');
-      outcome = this.#own(await this.#deliverSpooled(spool));
+      if (splitter.overflow) {
+        outcome = failure('permanent', 552, '5.3.4', 'header section larger than 1 MiB');
+        return outcome;
+      }
+      const header = splitter.header;
+      messageId = headerValue(header, 'message-id');
+      const signed = this.#sign(header, bodyHash.digest('base64'));
+      dkim = signed.record;
+      outcome = this.#own(await this.#deliverSpooled({ spool, header, signatures: signed.header }));
       return outcome;
     } catch (err) {
       stream.resume();
@@ -212,15 +235,30 @@ export class Transaction {
     } finally {
       await spool.dispose();
       await this.close();
-      this.#log(outcome, { size: spool.size, messageId, sha256: spool.sha256, spooledToDisk: spool.onDisk, dataMs: Date.now() - dataStarted });
+      this.#log(outcome, { size: spool.size, messageId, dkim, sha256: spool.sha256, spooledToDisk: spool.onDisk, dataMs: Date.now() - dataStarted });
     }
   }
 
-  async #deliverSpooled(spool: Spool): Promise<Outcome> {
+  /** DKIM-Signature fields for the message's author domain, and what the record says of them. */
+  #sign(header: Buffer, bodyHash: string): { header: Buffer; record: Signature[] | string } {
+    const author = authorDomain(header);
+    if (!author) return { header: Buffer.alloc(0), record: 'unsigned: no From address' };
+    const keys = this.#ctx.keys.forAuthor(author);
+    if (keys.length === 0) return { header: Buffer.alloc(0), record: `unsigned: no DKIM key for ${author}` };
+    const signed = signHeaders(header, bodyHash, keys);
+    return { header: signed.header, record: signed.signatures };
+  }
+
+  async #deliverSpooled(message: SpooledMessage): Promise<Outcome> {
+    const { spool } = message;
     const legs = [...this.#legs.values()].filter((leg) => leg.recipients.length);
     const keys = (leg: Leg): MemoKey[] => leg.recipients.map((recipient) => ({ message: spool.sha256, sender: this.#sender, recipient }));
     const memoStates = await Promise.all(legs.map((leg) => this.#ctx.memo.lookup(keys(leg))));
-    const header = receivedHeader({ client: this.#client, by: this.#egress.helo, id: this.id, recipients: legs.flatMap((l) => l.recipients) });
+    // RFC 5321 §4.4: our Received on top; the signatures sit below it, over the author's fields.
+    const prefix = Buffer.concat([
+      receivedHeader({ client: this.#client, by: this.#egress.helo, id: this.id, recipients: legs.flatMap((l) => l.recipients) }),
+      message.signatures,
+    ]);
 
     const results = await Promise.all(
       legs.map(async (leg, i) => {
@@ -230,7 +268,7 @@ export class Transaction {
           if (state) this.#record(address).result = state === 'delivered' ? 'already-delivered' : 'already-bounced';
         });
         if (pending.length === 0) return [];
-        return this.#sendToLeg(leg, pending, header, spool);
+        return this.#sendToLeg(leg, pending, prefix, spool);
       }),
     );
     const fresh = results.flat();
@@ -251,7 +289,7 @@ export class Transaction {
     if (refusals.length && this.#sender === '') {
       bounced = refusals; // RFC 5321 §6.1: never notify about a notification
     } else if (refusals.length) {
-      const sent = await sendStatusNotification(this.#ctx, this.#egress, { id: this.id, sender: this.#sender, refusals, spool, arrival: new Date(this.#started) });
+      const sent = await sendStatusNotification(this.#ctx, this.#egress, { id: this.id, sender: this.#sender, refusals, header: message.header, arrival: new Date(this.#started) });
       if (sent) bounced = refusals;
       else temporary.push(...permanent.map((r) => ({ ...r, outcome: failure('temporary', 451, '4.3.0', `refused by ${r.remoteMta} and the status notification could not be sent`) })));
     }
@@ -338,7 +376,7 @@ export class Transaction {
     if (!this.#finished) this.#log(failure('temporary', 451, '4.3.0', reason), {});
   }
 
-  #log(outcome: Outcome, data: { size?: number; messageId?: string; sha256?: string; spooledToDisk?: boolean; dataMs?: number }): void {
+  #log(outcome: Outcome, data: { size?: number; messageId?: string; dkim?: Signature[] | string; sha256?: string; spooledToDisk?: boolean; dataMs?: number }): void {
     if (this.#finished) return;
     this.#finished = true;
     const upstream = [...this.#legs.values()].map((leg) => ({

@@ -8,7 +8,7 @@ export interface Sent {
 }
 
 /** One transaction from an internal server at 127.0.0.1, each reply kept. */
-export async function send(port: number, from: string, to: string[], body: string, options: { localAddress?: string } = {}): Promise<Sent> {
+export async function send(port: number, from: string, to: string[], body: string | Buffer, options: { localAddress?: string } = {}): Promise<Sent> {
   const { client } = await RawClient.connect(port, options);
   try {
     await client.command('EHLO corp-ex01.example.test');
