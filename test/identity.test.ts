@@ -77,3 +77,23 @@ describe('strict mode', () => {
     }
   });
 });
+
+describe('egress identity re-check and DNS trouble', () => {
+  it('keeps the last result when a re-check meets SERVFAIL, instead of switching the HELO', async () => {
+    const internet = await Internet.start({ egress: [{ ip: '127.0.0.2', ptr: 'relay-out.example.test' }] });
+    const logs = new LogCapture();
+    const relay = await startRelay(parseConfig(internet.relayConfig({ strict: true })), createLogger('info', logs));
+    try {
+      internet.dns.fault('2.0.0.127.in-addr.arpa', 'PTR', 'servfail');
+      await relay.egress.check(false);
+      assert.deepEqual(relay.egress.identities.map((e) => [e.helo, e.verified]), [['relay-out.example.test', true]]);
+      assert.ok(logs.records.some((r) => r.msg === 'egress identity re-check inconclusive; keeping the last result'));
+      const sent = await send(relay.ports[0], 'alice@example.test', ['bob@gmail.test'], message());
+      assert.equal(sent.data?.code, 250);
+      assert.equal(internet.destination('gmail.test').received.at(-1)?.helo, 'relay-out.example.test');
+    } finally {
+      await relay.close();
+      await internet.close();
+    }
+  });
+});

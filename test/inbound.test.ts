@@ -123,7 +123,7 @@ describe('listeners: PROXY protocol and implicit TLS', () => {
     world = await World.start({
       config: {
         listeners: [
-          { host: '127.0.0.1', port: 0, proxyProtocol: true },
+          { host: '127.0.0.1', port: 0, proxyProtocol: [OUTSIDER] },
           { host: '127.0.0.1', port: 0, implicitTls: true },
         ],
         tls: { cert: path.join(dir, 'tls.crt'), key: path.join(dir, 'tls.key') },
@@ -136,8 +136,8 @@ describe('listeners: PROXY protocol and implicit TLS', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function viaProxy(clientIp: string) {
-    const { client } = await RawClient.connect(world.relay.ports[0], { localAddress: OUTSIDER, proxyHeader: `PROXY TCP4 ${clientIp} 127.0.0.1 40000 25\r\n` });
+  async function viaProxy(clientIp: string, balancer = OUTSIDER) {
+    const { client } = await RawClient.connect(world.relay.ports[0], { localAddress: balancer, proxyHeader: `PROXY TCP4 ${clientIp} 127.0.0.1 40000 25\r\n` });
     await client.command('EHLO corp-ex01.example.test');
     const mail = await client.command('MAIL FROM:<alice@example.test>');
     await client.quit();
@@ -149,6 +149,13 @@ describe('listeners: PROXY protocol and implicit TLS', () => {
     const refused = await viaProxy('198.51.100.7');
     assert.equal(refused.code, 550);
     assert.match(refused.text, /198\.51\.100\.7 is not in a trusted network/);
+  });
+
+  it('refuses a PROXY header from a peer that is not a listed load balancer', async () => {
+    // To anyone else the header is just a client talking before the greeting.
+    const { client, greeting } = await RawClient.connect(world.relay.ports[0], { localAddress: '127.0.0.51', proxyHeader: 'PROXY TCP4 10.1.2.3 127.0.0.1 40000 25\r\n' });
+    assert.equal(greeting.code, 421);
+    await client.closed;
   });
 
   it('relays over an implicit-TLS listener', async () => {

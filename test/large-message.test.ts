@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { RawClient } from './harness/client.ts';
+import { makeKey } from './harness/dkim.ts';
 import { RelayProcess } from './harness/process.ts';
 import { Internet, message } from './harness/world.ts';
 
@@ -31,7 +32,14 @@ describe('a 20 MB message', () => {
     dir = mkdtempSync(path.join(tmpdir(), 'relay-large-'));
     const spool = path.join(dir, 'spool');
     mkdirSync(spool);
-    relay = await RelayProcess.start(path.join(dir, 'relay.yaml'), internet.relayConfig({ delivery: { ...(internet.relayConfig().delivery as object), spool: { memoryLimit: '1MB', dir: spool } } }));
+    const key = makeKey(dir, 'example.test', 'big', 'rsa', { dns: internet.dns });
+    relay = await RelayProcess.start(
+      path.join(dir, 'relay.yaml'),
+      internet.relayConfig({
+        delivery: { ...(internet.relayConfig().delivery as object), spool: { memoryLimit: '1MB', dir: spool } },
+        domains: { 'example.test': { dkim: [{ selector: 'big', key: key.file }] } },
+      }),
+    );
   });
   after(async () => {
     await relay.stop();
@@ -39,7 +47,7 @@ describe('a 20 MB message', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('arrives byte-exact while the relay grows by less than 64 MB, and leaves no spool file', async (t) => {
+  it('arrives byte-exact and DKIM-signed while the relay grows by less than 64 MB, and leaves no spool file', async (t) => {
     const body = largeBody();
     const raw = Buffer.concat([Buffer.from(message({ subject: 'large' }).replace(/Hello Bob\.\r\n$/, ''), 'latin1'), body]);
     const rssBefore = relay.memory('VmRSS');
@@ -56,7 +64,8 @@ describe('a 20 MB message', () => {
     const [received] = await internet.destination('gmail.test').waitForMessages(1);
     const headerEnd = received.message.indexOf('\r\n\r\n') + 4;
     assert.ok(received.message.subarray(headerEnd).equals(body), 'body byte-exact');
-    assert.ok(received.message.subarray(received.message.indexOf('From: Alice')).equals(raw), 'whole message after the Received header byte-exact');
+    assert.ok(received.message.subarray(received.message.indexOf('From: Alice')).equals(raw), 'whole message after the relay\'s headers byte-exact');
+    assert.deepEqual(received.verdict?.dkim, ['pass']);
     t.diagnostic(`relay peak RSS growth: ${(growth / MB).toFixed(1)} MB`);
     assert.ok(growth < 64 * MB, `RSS grew by ${(growth / MB).toFixed(1)} MB`);
     assert.deepEqual(readdirSync(path.join(dir, 'spool')), [], 'spool file removed');

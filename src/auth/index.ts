@@ -1,4 +1,4 @@
 export { KeyRing, DkimKeyError, publicKeyRecord, type SigningKey, type DkimAlgorithm } from './dkim/keys.ts';
-export { createBodyHash, signHeaders, SIGNED_HEADERS, type Signature } from './dkim/sign.ts';
+export { RelaxedBodyHash, signHeaders, SIGNED_HEADERS, type Signature } from './dkim/sign.ts';
 export { checkPublished, txtRecordValue, zoneFileLine, type PublishedKey } from './dkim/record.ts';
 export { generateDkimKey } from './dkim/keygen.ts';

@@ -54,8 +54,11 @@ const listener = z.strictObject({
   starttls: z.boolean().default(false),
   /** TLS from the first byte (port 465 style, RFC 8314). */
   implicitTls: z.boolean().default(false),
-  /** Expect a HAProxy PROXY header (v1/v2) from the load balancer, so client networks see real addresses. */
-  proxyProtocol: z.boolean().default(false),
+  /**
+   * Addresses of the load balancers that send a HAProxy PROXY header (v1/v2), so client
+   * networks see real client addresses. Empty: no PROXY protocol.
+   */
+  proxyProtocol: z.array(ip).default([]),
   /** Allow AUTH before TLS on this listener (only for trusted segments). */
   allowInsecureAuth: z.boolean().default(false),
 });

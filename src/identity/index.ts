@@ -1,6 +1,6 @@
 import net from 'node:net';
 import type { Config, EgressConfig } from '../config/index.ts';
-import { reverseName, type Resolve } from '../dns/index.ts';
+import { isTemporaryDnsError, reverseName, type Resolve } from '../dns/index.ts';
 import type { Logger } from '../observability/index.ts';
 
 /** What the relay knows of one egress address: what receivers will see and whether it holds up. */
@@ -15,11 +15,16 @@ export interface Egress {
   verified: boolean;
   /** Why it does not verify, in words an admin can act on. */
   problem?: string;
+  /** The lookups failed for now (SERVFAIL, timeout): nothing is known either way. */
+  inconclusive?: boolean;
 }
 
-async function lookupAddresses(name: string, resolve: Resolve): Promise<string[]> {
+async function lookupAddresses(name: string, resolve: Resolve): Promise<{ addresses: string[]; temporary: boolean }> {
   const settled = await Promise.allSettled([resolve(name, 'A'), resolve(name, 'AAAA')]);
-  return settled.flatMap((result) => (result.status === 'fulfilled' ? result.value : []));
+  return {
+    addresses: settled.flatMap((result) => (result.status === 'fulfilled' ? result.value : [])),
+    temporary: settled.some((result) => result.status === 'rejected' && isTemporaryDnsError(result.reason)),
+  };
 }
 
 function sameAddress(a: string, b: string): boolean {
@@ -40,17 +45,22 @@ export async function verifyEgress(config: EgressConfig, resolve: Resolve): Prom
     ptrNames = (await resolve(reverseName(config.ip), 'PTR')).map((name) => name.toLowerCase().replace(/\.$/, ''));
   } catch (err) {
     const helo = config.helo === 'auto' ? literal : config.helo;
-    return { ...base, helo, verified: false, problem: `no PTR record for ${config.ip} (${(err as NodeJS.ErrnoException).code ?? 'lookup failed'}): publish one naming the relay's HELO host` };
+    const code = (err as NodeJS.ErrnoException).code ?? 'lookup failed';
+    if (isTemporaryDnsError(err)) return { ...base, helo, verified: false, inconclusive: true, problem: `PTR lookup for ${config.ip} failed (${code})` };
+    return { ...base, helo, verified: false, problem: `no PTR record for ${config.ip} (${code}): publish one naming the relay's HELO host` };
   }
   const candidates = config.helo === 'auto' ? ptrNames : ptrNames.filter((name) => name === config.helo.toLowerCase());
   if (candidates.length === 0) {
     return { ...base, helo: config.helo, verified: false, problem: `PTR of ${config.ip} is ${ptrNames.join(', ')}, not the configured HELO ${config.helo}` };
   }
+  let temporary = false;
   for (const name of candidates) {
-    const addresses = await lookupAddresses(name, resolve);
-    if (addresses.some((address) => sameAddress(address, config.ip))) return { ...base, helo: name, verified: true };
+    const found = await lookupAddresses(name, resolve);
+    if (found.addresses.some((address) => sameAddress(address, config.ip))) return { ...base, helo: name, verified: true };
+    temporary ||= found.temporary;
   }
   const helo = config.helo === 'auto' ? candidates[0] : config.helo;
+  if (temporary) return { ...base, helo, verified: false, inconclusive: true, problem: `address lookup for ${candidates.join(', ')} failed` };
   return { ...base, helo, verified: false, problem: `PTR of ${config.ip} is ${candidates.join(', ')}, but that name does not resolve back to ${config.ip}: add an A/AAAA record ${candidates[0]} → ${config.ip}` };
 }
 
@@ -95,7 +105,14 @@ export class EgressPool {
 
   /** Re-verifies every identity; logs each at start, and afterwards only what changed. */
   async check(initial: boolean): Promise<void> {
-    const next = await Promise.all(this.#config.egress.map((egress) => verifyEgress(egress, this.#resolve)));
+    const checked = await Promise.all(this.#config.egress.map((egress) => verifyEgress(egress, this.#resolve)));
+    // A DNS hiccup proves nothing: keep what was known and look again at the next check.
+    const next = checked.map((egress, index) => {
+      const before = this.#current[index];
+      if (!egress.inconclusive || !before) return egress;
+      this.#logger.warn({ egressIp: egress.ip, problem: egress.problem }, 'egress identity re-check inconclusive; keeping the last result');
+      return before;
+    });
     next.forEach((egress, index) => {
       const before = this.#current[index];
       const fields = { egressIp: egress.ip, bind: egress.bind, helo: egress.helo, verified: egress.verified, problem: egress.problem };

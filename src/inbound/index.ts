@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { domainToASCII } from 'node:url';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import type { Config, ListenerConfig } from '../config/index.ts';
@@ -20,6 +21,17 @@ SMTPConnection.prototype.send = function send(this: SMTPConnection, code: number
 };
 
 type Callback = (err?: Error | null) => void;
+
+/**
+ * smtp-server hands over internationalized domains in Unicode; DNS and destinations without
+ * SMTPUTF8 need the A-label form (RFC 5890), so that is what the relay routes and forwards.
+ */
+function asciiDomain(address: string): string | undefined {
+  const at = address.lastIndexOf('@');
+  if (at < 0) return address;
+  const domain = domainToASCII(address.slice(at + 1));
+  return domain ? `${address.slice(0, at)}@${domain}` : undefined;
+}
 
 function reject(outcome: Outcome, callback: Callback): void {
   callback(outcome.kind === 'accepted' ? null : toSmtpError(outcome.reply));
@@ -107,7 +119,8 @@ export class Inbound {
       authMethods: ['PLAIN', 'LOGIN'],
       size: config.limits.maxMessageSize,
       maxClients: config.limits.maxClients,
-      useProxy: listener.proxyProtocol,
+      // Only the listed load balancers may say who the client is; anyone else could claim a trusted network.
+      useProxy: listener.proxyProtocol.length ? listener.proxyProtocol : false,
       // The client's PTR is not needed to relay, and a lookup would bypass the configured resolver.
       disableReverseLookup: true,
       socketTimeout: config.limits.clientTimeout,
@@ -149,7 +162,9 @@ export class Inbound {
     });
   }
 
-  async #mailFrom(sender: string, args: unknown, session: SMTPServerSession): Promise<Outcome> {
+  async #mailFrom(address: string, args: unknown, session: SMTPServerSession): Promise<Outcome> {
+    const sender = asciiDomain(address);
+    if (sender === undefined) return failure('permanent', 553, '5.1.7', `<${address}>: the domain is not a valid domain name`);
     const previous = this.#transactions.get(session.id);
     if (previous) {
       this.#transactions.delete(session.id);
@@ -180,9 +195,12 @@ export class Inbound {
     return { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
   }
 
-  async #rcptTo(recipient: string, session: SMTPServerSession): Promise<Outcome> {
+  async #rcptTo(address: string, session: SMTPServerSession): Promise<Outcome> {
     const transaction = this.#transactions.get(session.id);
-    if (!transaction) return failure('permanent', 503, '5.5.1', 'need MAIL command');
+    // smtp-server already answers RCPT before MAIL; without a transaction here the relay lost it.
+    if (!transaction) return failure('temporary', 451, '4.3.0', 'transaction state lost; start again with MAIL');
+    const recipient = asciiDomain(address);
+    if (recipient === undefined) return failure('permanent', 553, '5.1.3', `<${address}>: the domain is not a valid domain name`);
     // RFC 5321 §4.5.3.1.10: too many recipients → 452; the client sends the rest in another transaction.
     if (session.envelope.rcptTo.length >= this.#ctx.config.limits.maxRecipients) {
       return failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`);

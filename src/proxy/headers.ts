@@ -35,7 +35,11 @@ export function rfc5322Date(date = new Date()): string {
 export function receivedHeader(options: { client: ClientInfo; by: string; id: string; recipients: string[] }): Buffer {
   const { client } = options;
   const protocol = `ESMTP${client.secure ? 'S' : ''}${client.user ? 'A' : ''}`;
-  const from = `${client.helo || 'unknown'} ([${client.address}])`;
+  // RFC 5321 §4.4: the address literal, tagged for IPv6; a HELO that is no domain goes in the comment.
+  const plain = client.address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
+  const literal = plain.includes(':') ? `[IPv6:${plain}]` : `[${plain}]`;
+  const helo = /^[a-z0-9.-]+$/i.test(client.helo) ? client.helo : 'unknown';
+  const from = helo === client.helo ? `${helo} (${literal})` : `${helo} (helo=${JSON.stringify(client.helo.replace(/[^\x20-\x7e]/g, '?'))} ${literal})`;
   const forClause = options.recipients.length === 1 ? `\r\n\tfor <${options.recipients[0]}>` : '';
   return Buffer.from(`Received: from ${from}\r\n\tby ${options.by} (hygiene-relay) with ${protocol} id ${options.id}${forClause};\r\n\t${rfc5322Date()}\r\n`);
 }

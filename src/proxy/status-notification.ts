@@ -26,6 +26,11 @@ export interface NotificationInput {
  * RFC 3464 delivery status notification: multipart/report with a human part, the
  * machine-readable message/delivery-status, and the original headers (RFC 6522).
  */
+/** Destination text goes into 7-bit report fields: nothing that could end a line or leave ASCII. */
+function printable(text: string): string {
+  return text.replace(/[^\x20-\x7e]/g, '?');
+}
+
 export async function composeStatusNotification(input: NotificationInput, reportingMta: string): Promise<Buffer> {
   const report = new MimeNode('multipart/report; report-type=delivery-status');
   report.setHeader({
@@ -43,7 +48,7 @@ export async function composeStatusNotification(input: NotificationInput, report
     'Your message could not be delivered to the recipients below: their mail servers refused it',
     'permanently. It was delivered to the other recipients. Relay transaction id: ' + input.id,
     '',
-    ...input.refusals.map((r) => `<${r.address}>: ${r.remoteMta} said: ${formatReply(r.reply)}`),
+    ...input.refusals.map((r) => `<${r.address}>: ${r.remoteMta} said: ${printable(formatReply(r.reply))}`),
     '',
   ].join('\r\n');
   report.createChild('text/plain; charset=utf-8').setContent(human);
@@ -55,7 +60,7 @@ export async function composeStatusNotification(input: NotificationInput, report
       'Action: failed',
       `Status: ${enhancedOf(r.reply)}`,
       `Remote-MTA: dns; ${r.remoteMta.split(' ')[0]}`,
-      `Diagnostic-Code: smtp; ${formatReply(r.reply)}`,
+      `Diagnostic-Code: smtp; ${printable(formatReply(r.reply))}`,
     ].join('\r\n'),
   );
   report

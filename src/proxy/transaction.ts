@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ConnectionOptions } from 'node:tls';
-import { createBodyHash, signHeaders, type KeyRing, type Signature } from '../auth/index.ts';
+import { RelaxedBodyHash, signHeaders, type KeyRing, type Signature } from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
 import { connectDestination, resolveDestination, type Connected, type Destination } from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
@@ -45,6 +45,12 @@ interface SpooledMessage {
   spool: Spool;
   header: Buffer;
   signatures: Buffer;
+  /**
+   * The delivery memo is used only for a message with a Message-ID: the same bytes without
+   * one (a printer's daily report) may well be a new message, and a duplicate is better than
+   * a message dropped as "already delivered".
+   */
+  remembered: boolean;
 }
 
 /** One destination's upstream session within the transaction. */
@@ -78,6 +84,17 @@ export function newTransactionId(): string {
   return randomBytes(9).toString('base64url');
 }
 
+/** Keeps a reply line well inside RFC 5321 §4.5.3.1.5's 512 octets. */
+function clip(text: string, max = 300): string {
+  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
+}
+
+/** RFC 5321 §2.4: local parts are case-sensitive, domains are not. */
+function sameAddress(a: string, b: string): boolean {
+  const at = (x: string) => x.lastIndexOf('@');
+  return a.slice(0, at(a)) === b.slice(0, at(b)) && a.slice(at(a)).toLowerCase() === b.slice(at(b)).toLowerCase();
+}
+
 function domainOf(address: string): string {
   return address.slice(address.lastIndexOf('@') + 1).toLowerCase();
 }
@@ -101,6 +118,8 @@ export class Transaction {
   readonly #started = Date.now();
   #finished = false;
   #delivering = false;
+  /** Set by close(): a session still being opened is closed as soon as it is. */
+  #closed = false;
 
   constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress) {
     this.#ctx = ctx;
@@ -113,8 +132,21 @@ export class Transaction {
 
   /** Prefixes a destination's reply so the admin can tell who said it and find the log record. */
   #relayed(reply: Reply, who: string): Reply {
-    const text = reply.lines.join(' ');
-    return { code: reply.code, enhanced: reply.enhanced ?? `${Math.floor(reply.code / 100)}.0.0`, lines: [`${who} said: ${text} (relay id ${this.id})`] };
+    return { code: reply.code, enhanced: reply.enhanced ?? `${Math.floor(reply.code / 100)}.0.0`, lines: [`${who} said: ${clip(reply.lines.join(' '))} (relay id ${this.id})`] };
+  }
+
+  /**
+   * A destination's reply as the client's outcome. Only 2xx accepts: any other reply below
+   * 400 is out of protocol and must not count as delivery. A 421 ends only our session with
+   * that destination (RFC 5321 §3.8), so the client hears 451: smtp-server would close the
+   * client's own connection on a 421.
+   */
+  #said(reply: Reply, who: string, command: string): Outcome {
+    if (reply.code >= 200 && reply.code < 300) return { kind: 'accepted', reply: this.#relayed(reply, who) };
+    if (reply.code < 400 || reply.code > 599) {
+      return failure('temporary', 451, '4.5.0', `${who} answered ${command} with "${clip(formatReply(reply))}", which is not a valid reply there`);
+    }
+    return outcomeOf(this.#relayed(reply.code === 421 ? { ...reply, code: 451 } : reply, who), `${command} refused: ${formatReply(reply)}`);
   }
 
   #own(outcome: Outcome): Outcome {
@@ -154,17 +186,19 @@ export class Transaction {
     }
     leg.connected = connected;
     try {
-      const reply = await connected.session.mailFrom(this.#sender, this.#mailParams(connected));
-      if (reply.code >= 300) leg.refused = outcomeOf(this.#relayed(reply, this.#who(leg)), `MAIL FROM refused: ${formatReply(reply)}`);
+      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected)), this.#who(leg), 'MAIL FROM');
+      if (mail.kind !== 'accepted') leg.refused = mail;
     } catch (err) {
       leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost after greeting (${(err as Error).message})`);
     }
+    // The client left while this session was being opened.
+    if (this.#closed) void connected.session.quit();
     return leg;
   }
 
   /** RCPT: routes the recipient, opens its destination's session if needed, and forwards it. */
   async addRecipient(address: string): Promise<Outcome> {
-    if (this.#recipients.some((r) => r.result === 'accepted' && r.address === address)) {
+    if (this.#recipients.some((r) => r.result === 'accepted' && sameAddress(r.address, address))) {
       // RFC 5321 §3.3: a repeated recipient is accepted once; forwarding it again could deliver twice.
       return { kind: 'accepted', reply: { code: 250, enhanced: '2.1.5', lines: [`<${address}> is already a recipient of this message`] } };
     }
@@ -183,10 +217,14 @@ export class Transaction {
     record.destination = this.#who(leg);
     if (leg.refused) return this.#own(leg.refused);
     const session = leg.connected!.session;
+    // RFC 6531 §3.4: a non-ASCII mailbox needs SMTPUTF8 all the way.
+    if (/[^\x00-\x7f]/.test(address) && !session.extensions.has('SMTPUTF8')) {
+      return this.#own(failure('permanent', 553, '5.6.7', `${this.#who(leg)} does not support SMTPUTF8, needed for <${address}>`));
+    }
     try {
-      const reply = await session.rcptTo(address);
-      if (reply.code < 300) leg.recipients.push(address);
-      return outcomeOf(this.#relayed(reply, this.#who(leg)), `RCPT refused: ${formatReply(reply)}`);
+      const outcome = this.#said(await session.rcptTo(address), this.#who(leg), 'RCPT TO');
+      if (outcome.kind === 'accepted') leg.recipients.push(address);
+      return outcome;
     } catch (err) {
       leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost (${(err as Error).message})`);
       return this.#own(leg.refused);
@@ -205,10 +243,12 @@ export class Transaction {
     let outcome: Outcome = failure('temporary', 451, '4.3.0', 'message not delivered');
     let messageId: string | undefined;
     let dkim: Signature[] | string | undefined;
-    const bodyHash = createBodyHash();
+    const bodyHash = new RelaxedBodyHash();
     const splitter = new HeaderSplitter((chunk) => bodyHash.update(chunk));
     try {
       for await (const chunk of stream) {
+        // Past the size limit the rest is only drained: it will be refused anyway.
+        if (stream.sizeExceeded) continue;
         await spool.write(chunk as Buffer);
         splitter.push(chunk as Buffer);
       }
@@ -223,9 +263,9 @@ export class Transaction {
       }
       const header = splitter.header;
       messageId = headerValue(header, 'message-id');
-      const signed = this.#sign(header, bodyHash.digest('base64'));
+      const signed = this.#sign(header, bodyHash.digest());
       dkim = signed.record;
-      outcome = this.#own(await this.#deliverSpooled({ spool, header, signatures: signed.header }));
+      outcome = this.#own(await this.#deliverSpooled({ spool, header, signatures: signed.header, remembered: messageId !== undefined }));
       return outcome;
     } catch (err) {
       stream.resume();
@@ -234,7 +274,8 @@ export class Transaction {
       return outcome;
     } finally {
       await spool.dispose();
-      await this.close();
+      // The QUITs need not delay the client's answer.
+      void this.close();
       this.#log(outcome, { size: spool.size, messageId, dkim, sha256: spool.sha256, spooledToDisk: spool.onDisk, dataMs: Date.now() - dataStarted });
     }
   }
@@ -253,7 +294,8 @@ export class Transaction {
     const { spool } = message;
     const legs = [...this.#legs.values()].filter((leg) => leg.recipients.length);
     const keys = (leg: Leg): MemoKey[] => leg.recipients.map((recipient) => ({ message: spool.sha256, sender: this.#sender, recipient }));
-    const memoStates = await Promise.all(legs.map((leg) => this.#ctx.memo.lookup(keys(leg))));
+    const memo = message.remembered ? this.#ctx.memo : undefined;
+    const memoStates = await Promise.all(legs.map((leg) => (memo ? memo.lookup(keys(leg)) : leg.recipients.map(() => undefined))));
     // RFC 5321 §4.4: our Received on top; the signatures sit below it, over the author's fields.
     const prefix = Buffer.concat([
       receivedHeader({ client: this.#client, by: this.#egress.helo, id: this.id, recipients: legs.flatMap((l) => l.recipients) }),
@@ -272,6 +314,14 @@ export class Transaction {
       }),
     );
     const fresh = results.flat();
+    // Every recipient a destination accepted has either a result or a memo state: a gap would be a 250 for mail nobody has.
+    legs.forEach((leg, i) =>
+      leg.recipients.forEach((address, j) => {
+        if (!memoStates[i][j] && !fresh.some((r) => r.address === address)) {
+          fresh.push({ address, outcome: failure('temporary', 451, '4.3.0', `no result from ${this.#who(leg)}`), remoteMta: this.#who(leg) });
+        }
+      }),
+    );
     const remembered = memoStates.flat().filter(Boolean).length;
     const accepted = fresh.filter((r) => r.outcome.kind === 'accepted');
     const temporary = fresh.filter((r) => r.outcome.kind === 'temporary');
@@ -296,7 +346,7 @@ export class Transaction {
     for (const r of accepted) this.#record(r.address).result = 'delivered';
     for (const r of bounced) this.#record(r.address).result = 'bounced';
     for (const r of temporary) this.#record(r.address).result = 'deferred';
-    await this.#ctx.memo.record([
+    await memo?.record([
       ...accepted.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'delivered' as const })),
       ...bounced.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'bounced' as const })),
     ]);
@@ -309,10 +359,10 @@ export class Transaction {
         'temporary',
         451,
         enhanced,
-        `message reached ${done} of ${done + temporary.length} recipients; ${temporary.map((r) => `<${r.address}>: ${formatReply(r.outcome.reply)}`).join('; ')}; send it again and only the missing recipients will get it`,
+        clip(`message reached ${done} of ${done + temporary.length} recipients; send it again and only the missing ones will get it; ${temporary.map((r) => `<${r.address}>: ${formatReply(r.outcome.reply)}`).join('; ')}`, 400),
       );
     }
-    const note = bounced.length ? `; ${bounced.length} refused, reported to the sender` : '';
+    const note = bounced.length ? `; ${bounced.length} refused${this.#sender ? ', reported to the sender' : ' (null sender: nobody to notify)'}` : '';
     return { kind: 'accepted', reply: { code: 250, enhanced: '2.0.0', lines: [`message accepted by every destination${note}`] } };
   }
 
@@ -331,25 +381,29 @@ export class Transaction {
       if (pending.length < leg.recipients.length) {
         await session.rset();
         const mail = await session.mailFrom(this.#sender, this.#mailParams(leg.connected));
-        if (mail.code >= 300) return pending.map((address) => ({ address, outcome: outcomeOf(this.#relayed(mail, who), 'MAIL FROM refused on retry'), remoteMta: who, said: mail }));
+        const mailOutcome = this.#said(mail, who, 'MAIL FROM');
+        if (mailOutcome.kind !== 'accepted') return pending.map((address) => ({ address, outcome: mailOutcome, remoteMta: who, said: mail }));
         recipients = [];
         for (const address of pending) {
           const reply = await session.rcptTo(address);
-          if (reply.code < 300) recipients.push(address);
-          else results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), 'RCPT refused on retry'), remoteMta: who, said: reply });
+          const outcome = this.#said(reply, who, 'RCPT TO');
+          if (outcome.kind === 'accepted') recipients.push(address);
+          else results.push({ address, outcome, remoteMta: who, said: reply });
         }
         if (recipients.length === 0) return results;
       }
       const reply = await session.data(this.#concat(header, spool));
       leg.data = formatReply(reply);
+      const outcome = this.#said(reply, who, 'DATA');
       for (const address of recipients) {
         this.#record(address).data = leg.data;
-        results.push({ address, outcome: outcomeOf(this.#relayed(reply, who), `DATA refused: ${leg.data}`), remoteMta: who, said: reply });
+        results.push({ address, outcome, remoteMta: who, said: reply });
       }
     } catch (err) {
       const outcome = lost(err);
       leg.data = formatReply(outcome.reply);
-      for (const address of recipients) results.push({ address, outcome, remoteMta: who });
+      // Whoever has no result yet (the session may have died in the middle of the RCPTs) is deferred.
+      for (const address of pending) if (!results.some((r) => r.address === address)) results.push({ address, outcome, remoteMta: who });
     }
     return results;
   }
@@ -365,6 +419,7 @@ export class Transaction {
 
   /** Ends every upstream session (QUIT); safe to call more than once. */
   async close(): Promise<void> {
+    this.#closed = true;
     await Promise.all([...this.#legs.values()].map((leg) => (leg.connected?.session.closed === false ? leg.connected.session.quit() : undefined)));
   }
 

@@ -332,7 +332,14 @@ export class UpstreamSession {
   async data(message: MessageSource): Promise<Reply> {
     return this.#enqueue(async () => {
       const intermediate = await this.#command('DATA', this.#timeouts.dataStart, 'DATA');
-      if (intermediate.code !== 354) return intermediate;
+      if (intermediate.code !== 354) {
+        // A success before the message was sent would read as delivery of nothing.
+        if (intermediate.code < 400) {
+          this.#end(intermediate);
+          throw new UpstreamError('protocol', `server answered DATA with ${formatReply(intermediate)} instead of 354`, { reply: intermediate });
+        }
+        return intermediate;
+      }
       const early = await this.#sendMessage(message);
       if (early) {
         this.#end(early);

@@ -67,6 +67,7 @@ export class RawClient {
 
   #next(): Promise<ClientReply> {
     return new Promise((resolve, reject) => {
+      if (this.#socket.destroyed && !this.#buffer.includes('\r\n')) return reject(new Error('connection closed'));
       this.#waiting = { resolve, reject };
       this.#drain();
     });

@@ -11,11 +11,23 @@ export class RelayProcess {
   readonly child: ChildProcess;
   readonly port: number;
   readonly records: Record<string, unknown>[];
+  #waiters: { match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }[] = [];
 
-  private constructor(child: ChildProcess, port: number, records: Record<string, unknown>[]) {
+  private constructor(child: ChildProcess, port: number, records: Record<string, unknown>[], lines: ReturnType<typeof createInterface>) {
     this.child = child;
     this.port = port;
     this.records = records;
+    lines.on('line', () => {
+      const record = records[records.length - 1];
+      this.#waiters = this.#waiters.filter((w) => (w.match(record) ? (w.resolve(record), false) : true));
+    });
+  }
+
+  /** The first log record from `index` on that matches, already written or still to come. */
+  waitFor(match: (r: Record<string, unknown>) => boolean, index = 0): Promise<Record<string, unknown>> {
+    const found = this.records.slice(index).find(match);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
   }
 
   static async start(configFile: string, config: Record<string, unknown>): Promise<RelayProcess> {
@@ -33,7 +45,7 @@ export class RelayProcess {
       });
       child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${stderr}`)));
     });
-    return new RelayProcess(child, port, records);
+    return new RelayProcess(child, port, records, lines);
   }
 
   /** A line of /proc/PID/status in bytes (VmRSS: resident now, VmHWM: the peak so far). */

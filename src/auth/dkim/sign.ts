@@ -1,5 +1,4 @@
 import { createHash, sign } from 'node:crypto';
-import { dkimBody, type BodyHash } from 'mailauth/lib/dkim/body/index.js';
 import { parseHeaderFields, relaxedHeader } from './canonical.ts';
 import type { DkimAlgorithm, SigningKey } from './keys.ts';
 
@@ -33,14 +32,7 @@ export interface Signature {
   a: DkimAlgorithm;
 }
 
-/**
- * The relaxed body hash (RFC 6376 §3.4.4), fed while the message streams in so signing needs
- * no second pass over the body. It is mailauth's own canonicalization, the code its verifier
- * runs, so what we hash is what a mailauth-based receiver hashes.
- */
-export function createBodyHash(): BodyHash {
-  return dkimBody('relaxed', 'sha256', false);
-}
+export { RelaxedBodyHash } from './body-hash.ts';
 
 function fold(items: string[], separator: string, width = 72): string {
   const lines: string[] = [];
@@ -61,7 +53,8 @@ function fold(items: string[], separator: string, width = 72): string {
  *
  * Written here rather than with mailauth's dkimSign because that signer lists only the
  * header fields present: it cannot oversign From (name it once more in h= than it occurs,
- * RFC 6376 §8.15), which is what stops a second From being added after signing.
+ * RFC 6376 §8.15), which is what stops a second From being added after signing. It also
+ * re-reads the whole message, where the body hash here is already done when DATA ends.
  */
 export function signHeaders(headerSection: Buffer, bodyHash: string, keys: readonly SigningKey[], now = new Date()): { header: Buffer; signatures: Signature[] } {
   const fields = parseHeaderFields(headerSection);
