@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse, stringify } from 'yaml';
+import { KeyRing } from '../src/auth/index.ts';
+import { parseConfig } from '../src/config/index.ts';
 import { makeKey } from './harness/dkim.ts';
 import { RelayProcess, runCli } from './harness/process.ts';
 import { send } from './harness/send.ts';
@@ -53,6 +55,19 @@ describe('DKIM keys: checks at start, keygen, check', () => {
       assert.match(result.stderr, expected);
     });
   }
+
+  it('warns about an RSA key under 2048 bits and about a domain signed with Ed25519 only', () => {
+    const small = makeKey(dir, 'example.test', 'small', 'rsa', { bits: 1024 });
+    const edOnly = makeKey(dir, 'ed-only.test', 'ed', 'ed25519');
+    const config = parseConfig({
+      egress: [{ ip: '127.0.0.2' }],
+      domains: { 'example.test': { dkim: [{ selector: 'small', key: small.file }] }, 'ed-only.test': { dkim: [{ selector: 'ed', key: edOnly.file }] } },
+    });
+    assert.deepEqual(KeyRing.load(config.domains).warnings, [
+      'example.test selector small: RSA key of 1024 bits; 2048 is recommended (Gmail, Microsoft)',
+      'ed-only.test: signed with Ed25519 only; Gmail reports Ed25519 signatures as dkim=fail, so add an RSA key (dual signing)',
+    ]);
+  });
 
   it('`dkim keygen` writes a 0600 key and prints the TXT record and YAML that make a message pass', async () => {
     const out = path.join(dir, 'generated');
