@@ -90,6 +90,20 @@ describe('client authorization: never an open relay', () => {
     assert.match(received.message.toString(), /with ESMTPSA id /);
   });
 
+  it('closes the connection after three failed AUTH attempts', async () => {
+    const { client } = await RawClient.connect(world.port, { localAddress: OUTSIDER });
+    await client.command('EHLO guesser.invalid');
+    await client.starttls(ca);
+    await client.command('EHLO guesser.invalid');
+    const attempt = (password: string) => client.command(`AUTH PLAIN ${Buffer.from(`\0mdaemon\0${password}`).toString('base64')}`);
+    assert.equal((await attempt('one')).code, 535);
+    assert.equal((await attempt('two')).code, 535);
+    const third = await attempt('three');
+    assert.equal(third.code, 421);
+    assert.match(third.text, /^4\.7\.0 Too many authentication failures/);
+    await client.closed;
+  });
+
   it('refuses a sender domain the user is not allowed to send as', async () => {
     const transport = nodemailer.createTransport({ host: '127.0.0.1', port: world.port, localAddress: OUTSIDER, requireTLS: true, tls: { ca, servername: 'relay.test' }, auth: { user: 'mdaemon', pass: 'correct horse' } });
     await assert.rejects(transport.sendMail({ envelope: { from: 'ceo@other.test', to: ['bob@gmail.test'] }, raw: message({ from: 'ceo@other.test' }) }), /550 5\.7\.1 user mdaemon may not send as <ceo@other\.test>/);

@@ -22,6 +22,8 @@ SMTPConnection.prototype.send = function send(this: SMTPConnection, code: number
 
 type Callback = (err?: Error | null) => void;
 
+const MAX_AUTH_FAILURES = 3;
+
 /**
  * smtp-server hands over internationalized domains in Unicode; DNS and destinations without
  * SMTPUTF8 need the A-label form (RFC 5890), so that is what the relay routes and forwards.
@@ -61,6 +63,7 @@ export class Inbound {
   #logger: Logger;
   #clients: ClientAuthorization;
   #transactions = new Map<string, Transaction>();
+  #authFailures = new Map<string, number>();
   #servers: Listening[] = [];
 
   constructor(ctx: RelayContext, egress: EgressPool) {
@@ -130,7 +133,13 @@ export class Inbound {
         this.#clients.authenticate(auth.username ?? '', auth.password ?? '').then(
           (user) => {
             if (user) return callback(null, { user: user.name });
-            this.#logger.warn({ client: session.remoteAddress, user: auth.username }, 'authentication failed');
+            const failures = (this.#authFailures.get(session.id) ?? 0) + 1;
+            this.#authFailures.set(session.id, failures);
+            this.#logger.warn({ client: session.remoteAddress, user: auth.username, failures }, 'authentication failed');
+            // Each attempt costs an scrypt run: a client guessing passwords gets a few, then the door.
+            if (failures >= MAX_AUTH_FAILURES) {
+              return callback(Object.assign(new Error('4.7.0 Too many authentication failures, closing connection'), { responseCode: 421 }));
+            }
             callback(Object.assign(new Error('5.7.8 Authentication credentials invalid'), { responseCode: 535 }));
           },
           (err: Error) => callback(Object.assign(new Error(`4.7.0 Temporary authentication failure (${err.message})`), { responseCode: 454 })),
@@ -155,6 +164,7 @@ export class Inbound {
         }, localError(this.#logger, callback));
       },
       onClose: (session) => {
+        this.#authFailures.delete(session.id);
         const transaction = this.#transactions.get(session.id);
         this.#transactions.delete(session.id);
         void transaction?.abort('client disconnected before the end of DATA');
