@@ -66,6 +66,13 @@ describe('a 20 MB message', () => {
     assert.ok(received.message.subarray(headerEnd).equals(body), 'body byte-exact');
     assert.ok(received.message.subarray(received.message.indexOf('From: Alice')).equals(raw), 'whole message after the relay\'s headers byte-exact');
     assert.deepEqual(received.verdict?.dkim, ['pass']);
+    const record = await relay.waitFor((r) => r.msg === 'transaction');
+    const prediction = (record.preflight as { prediction: { spf: { result: string }; dkim: { result: string }[]; dmarc: { result: string } } }).prediction;
+    assert.deepEqual(
+      [prediction.spf.result, prediction.dkim.map((d) => d.result), prediction.dmarc.result],
+      [received.verdict?.spf, received.verdict?.dkim, received.verdict?.dmarc],
+      'the verdict composed for a large message is the receiver\'s',
+    );
     t.diagnostic(`relay peak RSS growth: ${(growth / MB).toFixed(1)} MB`);
     assert.ok(growth < 64 * MB, `RSS grew by ${(growth / MB).toFixed(1)} MB`);
     assert.deepEqual(readdirSync(path.join(dir, 'spool')), [], 'spool file removed');

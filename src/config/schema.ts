@@ -98,7 +98,14 @@ const dkimKey = z.strictObject({
   standby: z.boolean().default(false),
 });
 
+const check = z.enum(['spf', 'dkim', 'dmarc']);
+const policyMode = z.enum(['enforce', 'monitor']);
+
 const sendingDomain = z.strictObject({
+  /** enforce: refuse what would fail at the receiver; monitor: relay it and log the failure. Default: defaultPolicy. */
+  policy: policyMode.optional(),
+  /** What must pass at the receiver. Default: defaultRequire. */
+  require: z.array(check).min(1).optional(),
   dkim: z.array(dkimKey).default([]),
   /** The keys also sign mail whose From is a subdomain (d= stays this domain). */
   subdomains: z.boolean().default(false),
@@ -117,7 +124,11 @@ export const configSchema = z.strictObject({
     .prefault({}),
   clients: z
     .strictObject({
-      networks: z.array(cidr).default([]),
+      /** An address or CIDR network, or one limited to sender domains: { network, senderDomains }. */
+      networks: z
+        .array(z.union([cidr, z.strictObject({ network: cidr, senderDomains: z.array(domain).min(1) })]))
+        .default([])
+        .transform((entries) => entries.map((entry) => (typeof entry === 'string' ? { network: entry, senderDomains: undefined } : entry))),
       users: z.array(user).default([]),
     })
     .prefault({}),
@@ -144,7 +155,16 @@ export const configSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
-  /** Sending domains, keyed by domain name: their DKIM keys. */
+  /** Policy for sending domains not listed under `domains` (and listed ones without their own). */
+  defaultPolicy: policyMode.default('enforce'),
+  defaultRequire: z.array(check).min(1).default(['dmarc']),
+  hygiene: z
+    .strictObject({
+      /** Remove the Received fields the internal servers added before the message reached the relay. */
+      removeReceived: z.boolean().default(false),
+    })
+    .prefault({}),
+  /** Sending domains, keyed by domain name: DKIM keys and authentication policy. */
   domains: z
     .record(z.string(), sendingDomain)
     .default({})

@@ -13,18 +13,27 @@ function plainAddress(address: string): string {
  * Who may relay: clients from the listed networks, and users who authenticated. Nobody
  * else, so the relay can never be an open relay.
  */
+/** Who the client is: a trusted network or an authenticated user, and the sender domains it may use. */
+export interface Client {
+  user?: string;
+  /** Undefined: any sender domain. */
+  senderDomains?: string[];
+}
+
 export class ClientAuthorization {
-  #networks = new net.BlockList();
+  #networks: { list: net.BlockList; senderDomains?: string[] }[] = [];
   #users = new Map<string, ClientUser>();
   /** Passwords already verified, by a salted digest: scrypt is meant to be slow, once. */
   #verified = new Map<string, Buffer>();
 
   constructor(clients: Config['clients']) {
     for (const entry of clients.networks) {
-      const [address, bits] = entry.split('/');
+      const [address, bits] = entry.network.split('/');
       const family = net.isIPv4(address) ? 'ipv4' : 'ipv6';
-      if (bits === undefined) this.#networks.addAddress(address, family);
-      else this.#networks.addSubnet(address, Number(bits), family);
+      const list = new net.BlockList();
+      if (bits === undefined) list.addAddress(address, family);
+      else list.addSubnet(address, Number(bits), family);
+      this.#networks.push({ list, senderDomains: entry.senderDomains });
     }
     for (const user of clients.users) this.#users.set(user.name, user);
   }
@@ -33,9 +42,16 @@ export class ClientAuthorization {
     return this.#users.size > 0;
   }
 
-  inNetworks(address: string): boolean {
+  /** The client relaying: the authenticated user, else the first trusted network it is in, else nobody. */
+  client(address: string, userName: string | undefined): Client | undefined {
+    if (userName !== undefined) {
+      const user = this.#users.get(userName);
+      return user ? { user: user.name, senderDomains: user.senderDomains } : undefined;
+    }
     const plain = plainAddress(address);
-    return this.#networks.check(plain, net.isIPv4(plain) ? 'ipv4' : 'ipv6');
+    const family = net.isIPv4(plain) ? 'ipv4' : 'ipv6';
+    const network = this.#networks.find((entry) => entry.list.check(plain, family));
+    return network ? { senderDomains: network.senderDomains } : undefined;
   }
 
   async authenticate(name: string, password: string): Promise<ClientUser | undefined> {
@@ -49,14 +65,10 @@ export class ClientAuthorization {
     return user;
   }
 
-  user(name: string): ClientUser | undefined {
-    return this.#users.get(name);
-  }
-
-  /** A user limited to sender domains may use those domains and their subdomains only. */
-  senderAllowed(user: ClientUser | undefined, sender: string): boolean {
-    if (!user?.senderDomains || sender === '') return true;
-    const domain = sender.slice(sender.lastIndexOf('@') + 1).toLowerCase();
-    return user.senderDomains.some((allowed) => domain === allowed || domain.endsWith(`.${allowed}`));
+  /** A client limited to sender domains may use those domains and their subdomains only. */
+  static domainAllowed(client: Client, domain: string): boolean {
+    if (!client.senderDomains) return true;
+    const lower = domain.toLowerCase();
+    return client.senderDomains.some((allowed) => lower === allowed || lower.endsWith(`.${allowed}`));
   }
 }

@@ -28,6 +28,10 @@ const MAX_AUTH_FAILURES = 3;
  * smtp-server hands over internationalized domains in Unicode; DNS and destinations without
  * SMTPUTF8 need the A-label form (RFC 5890), so that is what the relay routes and forwards.
  */
+function domainOf(address: string): string {
+  return address.slice(address.lastIndexOf('@') + 1);
+}
+
 function asciiDomain(address: string): string | undefined {
   const at = address.lastIndexOf('@');
   if (at < 0) return address;
@@ -180,14 +184,15 @@ export class Inbound {
       this.#transactions.delete(session.id);
       await previous.abort('client started a new transaction');
     }
-    const user = session.user ? this.#clients.user(String(session.user)) : undefined;
-    if (!user && !this.#clients.inNetworks(session.remoteAddress)) {
+    const client = this.#clients.client(session.remoteAddress, session.user === undefined ? undefined : String(session.user));
+    if (!client) {
       return this.#clients.hasUsers
         ? failure('permanent', 530, '5.7.0', `authentication required: ${session.remoteAddress} is not in a trusted network`)
         : failure('permanent', 550, '5.7.1', `relaying denied: ${session.remoteAddress} is not in a trusted network`);
     }
-    if (!this.#clients.senderAllowed(user, sender)) {
-      return failure('permanent', 550, '5.7.1', `user ${user?.name} may not send as <${sender}>`);
+    // A null sender (a bounce from the internal server) has no domain to check.
+    if (sender !== '' && !ClientAuthorization.domainAllowed(client, domainOf(sender))) {
+      return failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`);
     }
     const egress = this.#egress.select();
     if (!egress) {
@@ -196,13 +201,18 @@ export class Inbound {
     const params = (args || {}) as Record<string, string | boolean>;
     const transaction = new Transaction(
       this.#ctx,
-      { address: session.remoteAddress, helo: session.hostNameAppearsAs, user: user?.name, secure: session.secure },
+      { address: session.remoteAddress, helo: session.hostNameAppearsAs, user: client.user, secure: session.secure, senderDomains: client.senderDomains },
       sender,
       { size: params.SIZE ? Number(params.SIZE) : undefined, body: typeof params.BODY === 'string' ? params.BODY.toUpperCase() : undefined, smtputf8: Boolean(params.SMTPUTF8) },
       egress,
     );
+    const spf = await transaction.checkSender();
+    if (spf.kind !== 'accepted') {
+      await transaction.abort(spf);
+      return spf;
+    }
     this.#transactions.set(session.id, transaction);
-    return { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
+    return spf;
   }
 
   async #rcptTo(address: string, session: SMTPServerSession): Promise<Outcome> {

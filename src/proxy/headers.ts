@@ -114,3 +114,24 @@ export function authorDomain(header: Buffer): string | undefined {
   const at = first?.address.lastIndexOf('@') ?? -1;
   return at > 0 ? first.address.slice(at + 1).toLowerCase() : undefined;
 }
+
+/** Header fields by name, as raw lines with their continuations: for removing some. */
+export function withoutFields(header: Buffer, name: string): Buffer {
+  const lines = header.toString('latin1').split(/(?<=\n)/);
+  const wanted = name.toLowerCase();
+  let dropping = false;
+  const kept = lines.filter((line) => {
+    if (line[0] === ' ' || line[0] === '\t') return !dropping;
+    const colon = line.indexOf(':');
+    dropping = colon > 0 && line.slice(0, colon).trim().toLowerCase() === wanted;
+    return !dropping;
+  });
+  return Buffer.from(kept.join(''), 'latin1');
+}
+
+/** The header section with fields appended at its end, each ending in CRLF. */
+export function withFields(header: Buffer, fields: string[]): Buffer {
+  if (fields.length === 0) return header;
+  const ends = header.length === 0 || header[header.length - 1] === 0x0a;
+  return Buffer.concat([header, Buffer.from(`${ends ? '' : '\r\n'}${fields.map((f) => `${f}\r\n`).join('')}`, 'latin1')]);
+}

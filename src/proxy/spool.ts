@@ -82,23 +82,35 @@ export class Spool {
   }
 
   /**
-   * A fresh reader of the whole message; several may read at once. A file is read through
-   * one buffer per reader, reused for every chunk: the consumer must be done with a chunk
-   * before it asks for the next (the upstream session is: it waits until each chunk has left
-   * for the kernel), so a large message does not leave megabytes of garbage behind.
+   * A fresh reader of the message from byte `offset` on; several may read at once. With
+   * `reuse`, a file is read through one buffer per reader, reused for every chunk: the
+   * consumer must be done with a chunk before it asks for the next (the upstream session
+   * is: it waits until each chunk has left for the kernel), so a large message does not
+   * leave megabytes of garbage behind. A consumer that keeps chunks gets fresh ones.
    */
-  async *chunks(): AsyncGenerator<Buffer> {
+  async *chunks(offset = 0, options: { reuse: boolean } = { reuse: true }): AsyncGenerator<Buffer> {
     if (!this.#fileName) {
-      yield* this.#chunks;
+      let skip = offset;
+      for (const chunk of this.#chunks) {
+        if (skip >= chunk.length) {
+          skip -= chunk.length;
+          continue;
+        }
+        yield skip ? chunk.subarray(skip) : chunk;
+        skip = 0;
+      }
       return;
     }
     const file = await open(this.#fileName, 'r');
     try {
-      const buffer = Buffer.allocUnsafe(READ_BLOCK);
+      let position = offset;
+      let buffer = Buffer.allocUnsafe(READ_BLOCK);
       for (;;) {
-        const { bytesRead } = await file.read(buffer, 0, buffer.length, null);
+        const { bytesRead } = await file.read(buffer, 0, buffer.length, position);
         if (bytesRead === 0) return;
+        position += bytesRead;
         yield buffer.subarray(0, bytesRead);
+        if (!options.reuse) buffer = Buffer.allocUnsafe(READ_BLOCK);
       }
     } finally {
       await file.close();

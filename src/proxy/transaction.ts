@@ -1,7 +1,21 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ConnectionOptions } from 'node:tls';
-import { RelaxedBodyHash, signHeaders, type KeyRing, type Signature } from '../auth/index.ts';
+import {
+  checkSpf,
+  judge,
+  policyFor,
+  predict,
+  predictFromParts,
+  RelaxedBodyHash,
+  signHeaders,
+  spfAdvice,
+  type KeyRing,
+  type Prediction,
+  type Signature,
+  type SigningKey,
+  type SpfVerdict,
+} from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
 import { connectDestination, resolveDestination, type Connected, type Destination } from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
@@ -10,7 +24,8 @@ import type { Logger } from '../observability/index.ts';
 import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
 import type { DeliveryMemo, MemoKey } from './memo.ts';
 import { failure, outcomeOf, type Outcome } from './outcome.ts';
-import { authorDomain, HeaderSplitter, headerValue, receivedHeader } from './headers.ts';
+import { authorDomain, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
+import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
 import { sendStatusNotification, type Refusal } from './status-notification.ts';
 
@@ -31,6 +46,8 @@ export interface ClientInfo {
   helo: string;
   user?: string;
   secure: boolean;
+  /** The sender domains this client may use, in MAIL FROM and in From; undefined: any. */
+  senderDomains?: string[];
 }
 
 /** ESMTP parameters of the client's MAIL FROM that the destination should see too. */
@@ -43,8 +60,11 @@ export interface MailParams {
 /** The message once DATA is complete: where it is kept, its header section, its signatures. */
 interface SpooledMessage {
   spool: Spool;
+  /** The header section as it leaves, after hygiene. */
   header: Buffer;
   signatures: Buffer;
+  /** Where the rest of the message (after the original header section) starts in the spool. */
+  offset: number;
   /**
    * The delivery memo is used only for a message with a Message-ID: the same bytes without
    * one (a printer's daily report) may well be a new message, and a duplicate is better than
@@ -78,6 +98,17 @@ interface RecipientRecord {
   rcpt: string;
   data?: string;
   result: 'accepted' | 'refused' | 'deferred' | 'delivered' | 'bounced' | 'already-delivered' | 'already-bounced';
+}
+
+const ACCEPTED: Outcome = { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
+
+/** Messages up to this size get mailauth's full authenticate() as the preflight. */
+const FULL_PREFLIGHT_LIMIT = 2 * 1024 * 1024;
+
+function fieldCount(header: Buffer, name: string): number {
+  return headerSection(header)
+    .split(/\r?\n/)
+    .filter((line) => line.toLowerCase().startsWith(`${name}:`)).length;
 }
 
 export function newTransactionId(): string {
@@ -120,6 +151,9 @@ export class Transaction {
   #delivering = false;
   /** Set by close(): a session still being opened is closed as soon as it is. */
   #closed = false;
+  #spf?: SpfVerdict;
+  #added: string[] = [];
+  #preflightRecord?: Record<string, unknown>;
 
   constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress) {
     this.#ctx = ctx;
@@ -261,11 +295,23 @@ export class Transaction {
         outcome = failure('permanent', 552, '5.3.4', 'header section larger than 1 MiB');
         return outcome;
       }
-      const header = splitter.header;
-      messageId = headerValue(header, 'message-id');
+      const original = splitter.header;
+      messageId = headerValue(original, 'message-id');
+      const refused = this.#checkHeader(original);
+      if (refused) {
+        outcome = this.#own(refused);
+        return outcome;
+      }
+      const header = this.#hygiene(original);
       const signed = this.#sign(header, bodyHash.digest());
       dkim = signed.record;
-      outcome = this.#own(await this.#deliverSpooled({ spool, header, signatures: signed.header, remembered: messageId !== undefined }));
+      const message: SpooledMessage = { spool, header, offset: original.length, signatures: signed.header, remembered: messageId !== undefined };
+      const stopped = await this.#preflight(message, signed.keys);
+      if (stopped) {
+        outcome = this.#own(stopped);
+        return outcome;
+      }
+      outcome = this.#own(await this.#deliverSpooled(message));
       return outcome;
     } catch (err) {
       stream.resume();
@@ -280,14 +326,112 @@ export class Transaction {
     }
   }
 
+  /**
+   * Gmail's formatting rules (RFC 5322 §3.6): exactly one From, naming one mailbox. And a
+   * client limited to sender domains may not put another one in From.
+   */
+  #checkHeader(header: Buffer): Outcome | undefined {
+    const fields = fromFields(header);
+    if (fields.length !== 1) {
+      return failure('permanent', 550, '5.6.0', `the message has ${fields.length} From header fields; RFC 5322 and Gmail require exactly one`);
+    }
+    const mailboxes = addressparser(fields[0], { flatten: true }).filter((a) => a.address);
+    if (mailboxes.length !== 1 || !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(mailboxes[0].address)) {
+      return failure('permanent', 550, '5.6.0', `From "${fields[0].slice(0, 100)}" must name exactly one valid address`);
+    }
+    const author = authorDomain(header)!;
+    if (this.#client.senderDomains && !this.#client.senderDomains.some((d) => author === d || author.endsWith(`.${d}`))) {
+      return failure('permanent', 550, '5.7.1', `${this.#client.user ? `user ${this.#client.user}` : this.#client.address} may not send as ${mailboxes[0].address} (From)`);
+    }
+    return undefined;
+  }
+
+  /** Date and Message-ID when missing (RFC 5322 §3.6.1, §3.6.4); internal Received removed when configured. */
+  #hygiene(original: Buffer): Buffer {
+    let header = this.#ctx.config.hygiene.removeReceived ? withoutFields(original, 'received') : original;
+    const added: string[] = [];
+    if (headerValue(original, 'date') === undefined) added.push(`Date: ${rfc5322Date()}`);
+    if (headerValue(original, 'message-id') === undefined) added.push(`Message-ID: <${this.id}.${Date.now().toString(36)}@${this.#egress.helo}>`);
+    header = withFields(header, added);
+    this.#added = added.map((field) => field.slice(0, field.indexOf(':')));
+    return header;
+  }
+
   /** DKIM-Signature fields for the message's author domain, and what the record says of them. */
-  #sign(header: Buffer, bodyHash: string): { header: Buffer; record: Signature[] | string } {
+  #sign(header: Buffer, bodyHash: string): { header: Buffer; record: Signature[] | string; keys: SigningKey[] } {
     const author = authorDomain(header);
-    if (!author) return { header: Buffer.alloc(0), record: 'unsigned: no From address' };
+    if (!author) return { header: Buffer.alloc(0), record: 'unsigned: no From address', keys: [] };
     const keys = this.#ctx.keys.forAuthor(author);
-    if (keys.length === 0) return { header: Buffer.alloc(0), record: `unsigned: no DKIM key for ${author}` };
+    if (keys.length === 0) return { header: Buffer.alloc(0), record: `unsigned: no DKIM key for ${author}`, keys };
     const signed = signHeaders(header, bodyHash, keys);
-    return { header: signed.header, record: signed.signatures };
+    return { header: signed.header, record: signed.signatures, keys };
+  }
+
+  /**
+   * SPF at MAIL FROM, exactly as the receiver will evaluate it. Refuses at once when the
+   * sender domain's policy enforces SPF and it fails; otherwise it waits for the verdict on
+   * the whole message.
+   */
+  async checkSender(): Promise<Outcome> {
+    const ctx = { resolve: this.#ctx.resolve, ip: this.#egress.ip, helo: this.#egress.helo };
+    try {
+      this.#spf = await checkSpf(this.#sender, ctx);
+    } catch (err) {
+      this.#spf = { result: 'temperror', domain: domainOf(this.#sender || `x@${this.#egress.helo}`), record: (err as Error).message };
+    }
+    const policy = policyFor(this.#ctx.config, this.#spf.domain);
+    if (policy.mode !== 'enforce' || !policy.require.includes('spf') || this.#spf.result === 'pass') return ACCEPTED;
+    if (this.#spf.result === 'temperror') return failure('temporary', 451, '4.4.3', `SPF of ${this.#spf.domain} could not be checked (DNS); try again later`);
+    return failure('permanent', 550, '5.7.23', `SPF would fail at the receiver: ${spfAdvice(this.#spf, this.#egress.ip)}`);
+  }
+
+  /**
+   * The receiver's verdict on the message as it will leave (signed, from this egress), and
+   * what the author domain's policy makes of it: enforce stops a failure here with a reply
+   * that names the record to fix; monitor lets it go and the record says what would happen.
+   */
+  async #preflight(message: SpooledMessage, keys: SigningKey[]): Promise<Outcome | undefined> {
+    const author = authorDomain(message.header)!;
+    const policy = policyFor(this.#ctx.config, author);
+    const ctx = { resolve: this.#ctx.resolve, ip: this.#egress.ip, helo: this.#egress.helo };
+    let prediction: Prediction;
+    try {
+      // Parsing a large message again would cost as much memory as the rest of the relay:
+      // above the limit the verdict is composed from what the relay already checked.
+      prediction =
+        message.spool.size <= FULL_PREFLIGHT_LIMIT || !this.#spf
+          ? await predict(this.#outgoing(Buffer.alloc(0), message, false), this.#sender, ctx)
+          : await predictFromParts({
+              spf: this.#spf,
+              sender: this.#sender,
+              author,
+              keys,
+              otherSignatures: fieldCount(message.header, 'dkim-signature'),
+              resolve: this.#ctx.resolve,
+            });
+    } catch (err) {
+      this.#logger.warn({ err, id: this.id }, 'preflight authentication failed');
+      this.#preflightRecord = { policy, error: (err as Error).message };
+      return policy.mode === 'enforce' ? failure('temporary', 451, '4.4.3', 'the authentication preflight could not complete; try again later') : undefined;
+    }
+    const dkimAdvice =
+      keys.length === 0
+        ? `no DKIM key is configured for ${author}: create one with "hygiene-relay dkim keygen --domain ${author} --selector s1", publish its TXT record and add it under domains`
+        : `the DKIM signature of ${author} does not verify: run "hygiene-relay dkim check" and publish the record it names`;
+    const verdict = judge(policy, prediction, { ip: this.#egress.ip, dkim: dkimAdvice });
+    const refusal = verdict.failed.length
+      ? verdict.temporary
+        ? failure('temporary', 451, '4.4.3', `${verdict.failed.join(', ')} could not be checked for ${author} (DNS): try again later`)
+        : failure('permanent', 550, verdict.failed.length > 1 || verdict.failed[0] === 'dmarc' ? '5.7.26' : verdict.failed[0] === 'spf' ? '5.7.23' : '5.7.20', clip(verdict.reasons.join('; '), 450))
+      : undefined;
+    this.#preflightRecord = {
+      policy,
+      spfAtMailFrom: this.#spf,
+      prediction,
+      verdict: refusal ? (policy.mode === 'enforce' ? 'refused' : 'would be refused (monitor)') : 'pass',
+      reasons: verdict.reasons.length ? verdict.reasons : undefined,
+    };
+    return policy.mode === 'enforce' ? refusal : undefined;
   }
 
   async #deliverSpooled(message: SpooledMessage): Promise<Outcome> {
@@ -296,11 +440,7 @@ export class Transaction {
     const keys = (leg: Leg): MemoKey[] => leg.recipients.map((recipient) => ({ message: spool.sha256, sender: this.#sender, recipient }));
     const memo = message.remembered ? this.#ctx.memo : undefined;
     const memoStates = await Promise.all(legs.map((leg) => (memo ? memo.lookup(keys(leg)) : leg.recipients.map(() => undefined))));
-    // RFC 5321 §4.4: our Received on top; the signatures sit below it, over the author's fields.
-    const prefix = Buffer.concat([
-      receivedHeader({ client: this.#client, by: this.#egress.helo, id: this.id, recipients: legs.flatMap((l) => l.recipients) }),
-      message.signatures,
-    ]);
+    const received = receivedHeader({ client: this.#client, by: this.#egress.helo, id: this.id, recipients: legs.flatMap((l) => l.recipients) });
 
     const results = await Promise.all(
       legs.map(async (leg, i) => {
@@ -310,7 +450,7 @@ export class Transaction {
           if (state) this.#record(address).result = state === 'delivered' ? 'already-delivered' : 'already-bounced';
         });
         if (pending.length === 0) return [];
-        return this.#sendToLeg(leg, pending, prefix, spool);
+        return this.#sendToLeg(leg, pending, received, message);
       }),
     );
     const fresh = results.flat();
@@ -367,7 +507,7 @@ export class Transaction {
   }
 
   /** Sends the message to one destination for the given recipients; one result per recipient. */
-  async #sendToLeg(leg: Leg, pending: string[], header: Buffer, spool: Spool): Promise<LegResult[]> {
+  async #sendToLeg(leg: Leg, pending: string[], received: Buffer, message: SpooledMessage): Promise<LegResult[]> {
     const who = this.#who(leg);
     // The session was lost after some recipients were accepted: they wait for the client's retry.
     if (leg.refused || !leg.connected) return pending.map((address) => ({ address, outcome: leg.refused!, remoteMta: who }));
@@ -392,7 +532,7 @@ export class Transaction {
         }
         if (recipients.length === 0) return results;
       }
-      const reply = await session.data(this.#concat(header, spool));
+      const reply = await session.data(this.#outgoing(received, message, true));
       leg.data = formatReply(reply);
       const outcome = this.#said(reply, who, 'DATA');
       for (const address of recipients) {
@@ -408,9 +548,13 @@ export class Transaction {
     return results;
   }
 
-  async *#concat(header: Buffer, spool: Spool): AsyncGenerator<Buffer> {
-    yield header;
-    yield* spool.chunks();
+  /**
+   * The message as it leaves: RFC 5321 §4.4 our Received on top, the DKIM signatures, the
+   * header section after hygiene, then the rest as the client sent it.
+   */
+  async *#outgoing(received: Buffer, message: SpooledMessage, reuse: boolean): AsyncGenerator<Buffer> {
+    yield Buffer.concat([received, message.signatures, message.header]);
+    yield* message.spool.chunks(message.offset, { reuse });
   }
 
   #record(address: string): RecipientRecord {
@@ -423,12 +567,12 @@ export class Transaction {
     await Promise.all([...this.#legs.values()].map((leg) => (leg.connected?.session.closed === false ? leg.connected.session.quit() : undefined)));
   }
 
-  /** The client went away or started over before DATA completed. */
-  async abort(reason: string): Promise<void> {
+  /** Ends a transaction before DATA completed: the client left or started over, or the relay refused it. */
+  async abort(reason: string | Outcome): Promise<void> {
     // Once DATA is complete the delivery finishes on its own: the memo covers a client that left.
     if (this.#delivering) return;
     await this.close();
-    if (!this.#finished) this.#log(failure('temporary', 451, '4.3.0', reason), {});
+    if (!this.#finished) this.#log(typeof reason === 'string' ? failure('temporary', 451, '4.3.0', reason) : reason, {});
   }
 
   #log(outcome: Outcome, data: { size?: number; messageId?: string; dkim?: Signature[] | string; sha256?: string; spooledToDisk?: boolean; dataMs?: number }): void {
@@ -449,6 +593,9 @@ export class Transaction {
         envelope: { mailFrom: this.#sender, rcptTo: this.#recipients.map((r) => r.address) },
         recipients: this.#recipients,
         egress: { ip: this.#egress.ip, helo: this.#egress.helo, verified: this.#egress.verified },
+        spf: this.#spf,
+        preflight: this.#preflightRecord,
+        addedHeaders: this.#added.length ? this.#added : undefined,
         upstream,
         ...data,
         outcome: outcome.kind,

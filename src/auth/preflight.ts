@@ -1,0 +1,208 @@
+import net from 'node:net';
+import { Readable } from 'node:stream';
+import { authenticate, dmarc as evaluateDmarc, spf, type AuthenticateResult, type DNSResolver } from 'mailauth';
+import type { Config } from '../config/index.ts';
+import type { Resolve } from '../dns/index.ts';
+import type { SigningKey } from './dkim/keys.ts';
+import { checkPublished } from './dkim/record.ts';
+
+/** What the relay predicts a receiver will conclude, and what to do about it. */
+export type Check = 'spf' | 'dkim' | 'dmarc';
+
+export interface SpfVerdict {
+  result: 'pass' | 'fail' | 'softfail' | 'neutral' | 'none' | 'permerror' | 'temperror';
+  /** The domain whose record was evaluated: MAIL FROM's, or the HELO name for a null sender. */
+  domain: string;
+  /** The SPF record that decided it, when there was one. */
+  record?: string;
+}
+
+export interface Prediction {
+  spf: SpfVerdict;
+  dkim: { result: string; domain?: string; selector?: string; aligned: boolean }[];
+  dmarc: { result: string; policy?: string; domain?: string; alignedBy?: 'spf' | 'dkim' };
+  /** The Authentication-Results a receiver would write, on one line. */
+  authenticationResults: string;
+}
+
+export interface Policy {
+  domain: string;
+  mode: 'enforce' | 'monitor';
+  require: Check[];
+}
+
+export interface PreflightContext {
+  resolve: Resolve;
+  ip: string;
+  helo: string;
+}
+
+/** mailauth asks for records by type; our resolver has the same shape. */
+function resolver(resolve: Resolve): DNSResolver {
+  return resolve as unknown as DNSResolver;
+}
+
+/** The domain's policy: its own entry, else its nearest configured parent's, else the defaults. */
+export function policyFor(config: Config, domain: string): Policy {
+  const labels = domain.toLowerCase().split('.');
+  let mode: Policy['mode'] | undefined;
+  let require: Check[] | undefined;
+  for (let i = 0; i < labels.length - 1 && !(mode && require); i++) {
+    const settings = config.domains[labels.slice(i).join('.')];
+    mode ??= settings?.policy;
+    require ??= settings?.require;
+  }
+  return { domain, mode: mode ?? config.defaultPolicy, require: require ?? config.defaultRequire };
+}
+
+/**
+ * SPF exactly as the receiver will evaluate it (RFC 7208): the egress public address, the
+ * MAIL FROM domain (the HELO identity for a null sender), the egress HELO.
+ */
+export async function checkSpf(sender: string, ctx: PreflightContext): Promise<SpfVerdict> {
+  const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(ctx.resolve) });
+  return { result: result.status.result as SpfVerdict['result'], domain: result.domain, record: result.rr || undefined };
+}
+
+/** The receiver's verdict on the signed message: mailauth's authenticate(), as Gmail's would run. */
+export async function predict(message: AsyncIterable<Buffer>, sender: string, ctx: PreflightContext): Promise<Prediction> {
+  const result: AuthenticateResult = await authenticate(Readable.from(message), {
+    ip: ctx.ip,
+    helo: ctx.helo,
+    sender,
+    mta: ctx.helo,
+    resolver: resolver(ctx.resolve),
+    disableArc: true,
+    disableBimi: true,
+  });
+  const dmarc = result.dmarc || undefined;
+  const alignedDkim = dmarc?.alignment?.dkim?.result;
+  const spfResult = result.spf || undefined;
+  return {
+    spf: { result: (spfResult?.status.result ?? 'none') as SpfVerdict['result'], domain: spfResult?.domain ?? '', record: spfResult?.rr || undefined },
+    dkim: result.dkim.results
+      .filter((r) => r.signingDomain)
+      .map((r) => ({ result: r.status.result, domain: r.signingDomain, selector: r.selector, aligned: Boolean(alignedDkim) && r.status.result === 'pass' && r.signingDomain === alignedDkim })),
+    dmarc: {
+      result: dmarc?.status.result ?? 'none',
+      policy: dmarc?.policy,
+      domain: dmarc?.status.header?.from,
+      alignedBy: dmarc?.alignment?.spf?.result ? 'spf' : alignedDkim ? 'dkim' : undefined,
+    },
+    authenticationResults: result.headers
+      .replace(/^Received-SPF:.*(\r?\n[ \t].*)*\r?\n/m, '')
+      .replace(/^Authentication-Results:\s*/, '')
+      .replace(/\r?\n[ \t]+/g, ' ')
+      .trim(),
+  };
+}
+
+/**
+ * The same verdict composed from what the relay already knows, for messages too large to
+ * parse again: SPF as checked at MAIL FROM (same address, sender and HELO), each signature
+ * the relay made checked against its published key (its hashes are right by construction),
+ * and mailauth's DMARC evaluation of those. Signatures the message already carried cannot be
+ * judged this way and come back as `unknown`.
+ */
+export async function predictFromParts(options: {
+  spf: SpfVerdict;
+  sender: string;
+  author: string;
+  keys: readonly SigningKey[];
+  otherSignatures: number;
+  resolve: Resolve;
+}): Promise<Prediction> {
+  const dkim: Prediction['dkim'] = await Promise.all(
+    options.keys.map(async (key) => {
+      const published = await checkPublished(key, options.resolve);
+      const result = { matches: 'pass', mismatch: 'fail', revoked: 'fail', missing: 'permerror', unreadable: 'temperror' }[published.state];
+      return { result, domain: key.domain, selector: key.selector, aligned: false };
+    }),
+  );
+  for (let i = 0; i < options.otherSignatures; i++) dkim.push({ result: 'unknown', aligned: false });
+  const verdict = await evaluateDmarc({
+    headerFrom: options.author,
+    spfDomains: options.spf.result === 'pass' ? [options.spf.domain] : [],
+    dkimDomains: dkim.filter((d) => d.result === 'pass' && d.domain).map((d) => ({ domain: d.domain! })),
+    resolver: resolver(options.resolve),
+  });
+  const alignedDkim = verdict ? verdict.alignment?.dkim?.result : undefined;
+  for (const d of dkim) d.aligned = d.result === 'pass' && d.domain === alignedDkim;
+  const dmarcResult = verdict ? verdict.status.result : 'none';
+  const parts = [
+    `spf=${options.spf.result} smtp.mailfrom=${options.sender || '<>'}`,
+    ...dkim.map((d) => `dkim=${d.result}${d.domain ? ` header.d=${d.domain} header.s=${d.selector}` : ''}`),
+    `dmarc=${dmarcResult}${verdict && verdict.policy ? ` (p=${verdict.policy})` : ''} header.from=${options.author}`,
+  ];
+  return {
+    spf: options.spf,
+    dkim,
+    dmarc: {
+      result: dmarcResult,
+      policy: verdict ? verdict.policy : undefined,
+      domain: options.author,
+      alignedBy: verdict && verdict.alignment?.spf?.result ? 'spf' : alignedDkim ? 'dkim' : undefined,
+    },
+    authenticationResults: parts.join('; '),
+  };
+}
+
+/** The SPF mechanism that authorizes an address (RFC 7208 §5.6). */
+function mechanism(ip: string): string {
+  return net.isIPv6(ip) ? `ip6:${ip}` : `ip4:${ip}`;
+}
+
+/** What an admin must publish so that SPF passes for this egress address. */
+export function spfAdvice(verdict: SpfVerdict, ip: string): string {
+  switch (verdict.result) {
+    case 'pass':
+      return `SPF passes for ${verdict.domain}`;
+    case 'none':
+      return `${verdict.domain} publishes no SPF record: publish "v=spf1 ${mechanism(ip)} -all" (or add ${mechanism(ip)} to the one you intended)`;
+    case 'permerror':
+      return `the SPF record of ${verdict.domain} is broken${verdict.record ? ` ("${verdict.record}")` : ''}: fix its syntax or its number of lookups (at most 10)`;
+    case 'temperror':
+      return `the SPF record of ${verdict.domain} could not be looked up`;
+    default:
+      return `the SPF record of ${verdict.domain}${verdict.record ? ` ("${verdict.record}")` : ''} does not authorize ${ip} (${verdict.result}): add ${mechanism(ip)} to it`;
+  }
+}
+
+export interface PolicyVerdict {
+  /** The checks the policy requires that would not pass. */
+  failed: Check[];
+  /** A required check could not be decided because of a DNS failure: only a retry can tell. */
+  temporary: boolean;
+  /** One sentence per failed check: what was found and what to publish. */
+  reasons: string[];
+}
+
+/** Which required checks the prediction fails, and why in words an admin can act on. */
+export function judge(policy: Policy, prediction: Prediction, advice: { ip: string; dkim: string }): PolicyVerdict {
+  const failed: Check[] = [];
+  const reasons: string[] = [];
+  let temporary = false;
+  if (policy.require.includes('spf') && prediction.spf.result !== 'pass') {
+    failed.push('spf');
+    temporary ||= prediction.spf.result === 'temperror';
+    reasons.push(spfAdvice(prediction.spf, advice.ip));
+  }
+  const dkimPass = prediction.dkim.some((d) => d.result === 'pass');
+  // A signature the message already carried that could not be checked may well pass: no refusal on its account.
+  const dkimUnknown = prediction.dkim.some((d) => d.result === 'unknown');
+  if (policy.require.includes('dkim') && !dkimPass && !dkimUnknown) {
+    failed.push('dkim');
+    temporary ||= prediction.dkim.some((d) => d.result === 'temperror');
+    reasons.push(advice.dkim);
+  }
+  // No DMARC record: nothing a receiver would enforce, so it is not a failure (the record notes it).
+  if (policy.require.includes('dmarc') && prediction.dmarc.result !== 'pass' && prediction.dmarc.result !== 'none' && !dkimUnknown) {
+    failed.push('dmarc');
+    temporary ||= prediction.dmarc.result === 'temperror' || prediction.spf.result === 'temperror';
+    const spfPart = prediction.spf.result === 'pass' ? `SPF passes for ${prediction.spf.domain} but is not aligned with ${prediction.dmarc.domain}` : spfAdvice(prediction.spf, advice.ip);
+    const dkimPart = dkimPass ? `DKIM passes but d= is not aligned with ${prediction.dmarc.domain}` : advice.dkim;
+    reasons.push(`DMARC of ${prediction.dmarc.domain} would fail (p=${prediction.dmarc.policy ?? 'none'}): ${spfPart}; ${dkimPart}; either one aligned pass is enough`);
+  }
+  return { failed, temporary, reasons };
+}
+
