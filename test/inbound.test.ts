@@ -1,13 +1,11 @@
 import assert from 'node:assert/strict';
-import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
+import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
 import { hashPassword } from '../src/inbound/index.ts';
 import { RawClient } from './harness/client.ts';
 import { send } from './harness/send.ts';
-import { testCertificate } from './harness/tls.ts';
+import { relayTlsFiles } from './harness/tls.ts';
 import { message, World } from './harness/world.ts';
 
 const OUTSIDER = '127.0.0.50';
@@ -17,15 +15,12 @@ describe('client authorization: never an open relay', () => {
   let dir: string;
   let ca: string;
   before(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'relay-tls-'));
-    const certificate = await testCertificate(['relay.test', '127.0.0.1']);
-    ca = certificate.ca;
-    writeFileSync(path.join(dir, 'tls.key'), certificate.key);
-    writeFileSync(path.join(dir, 'tls.crt'), certificate.cert);
+    const files = await relayTlsFiles();
+    ({ dir, ca } = files);
     world = await World.start({
       config: {
         listeners: [{ host: '127.0.0.1', port: 0, starttls: true }],
-        tls: { cert: path.join(dir, 'tls.crt'), key: path.join(dir, 'tls.key') },
+        tls: { cert: files.cert, key: files.key },
         clients: {
           networks: ['127.0.0.1/32'],
           users: [{ name: 'mdaemon', password: await hashPassword('correct horse'), senderDomains: ['example.test'] }],
@@ -129,18 +124,15 @@ describe('listeners: PROXY protocol and implicit TLS', () => {
   let dir: string;
   let ca: string;
   before(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'relay-tls-'));
-    const certificate = await testCertificate(['relay.test', '127.0.0.1']);
-    ca = certificate.ca;
-    writeFileSync(path.join(dir, 'tls.key'), certificate.key);
-    writeFileSync(path.join(dir, 'tls.crt'), certificate.cert);
+    const files = await relayTlsFiles();
+    ({ dir, ca } = files);
     world = await World.start({
       config: {
         listeners: [
           { host: '127.0.0.1', port: 0, proxyProtocol: [OUTSIDER] },
           { host: '127.0.0.1', port: 0, implicitTls: true },
         ],
-        tls: { cert: path.join(dir, 'tls.crt'), key: path.join(dir, 'tls.key') },
+        tls: { cert: files.cert, key: files.key },
         clients: { networks: ['127.0.0.1/32', '10.1.2.0/24'] },
       },
     });

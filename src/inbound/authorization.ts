@@ -64,11 +64,4 @@ export class ClientAuthorization {
     this.#verified.set(name, digest);
     return user;
   }
-
-  /** A client limited to sender domains may use those domains and their subdomains only. */
-  static domainAllowed(client: Client, domain: string): boolean {
-    if (!client.senderDomains) return true;
-    const lower = domain.toLowerCase();
-    return client.senderDomains.some((allowed) => lower === allowed || lower.endsWith(`.${allowed}`));
-  }
 }

@@ -6,7 +6,7 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import type { Config, ListenerConfig } from '../config/index.ts';
 import type { EgressPool } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { Transaction, failure, toSmtpError, type Outcome, type RelayContext } from '../proxy/index.ts';
+import { Transaction, failure, senderDomainAllowed, toSmtpError, type Outcome, type RelayContext } from '../proxy/index.ts';
 import { ClientAuthorization } from './authorization.ts';
 
 export { hashPassword, verifyPassword } from './passwords.ts';
@@ -191,7 +191,7 @@ export class Inbound {
         : failure('permanent', 550, '5.7.1', `relaying denied: ${session.remoteAddress} is not in a trusted network`);
     }
     // A null sender (a bounce from the internal server) has no domain to check.
-    if (sender !== '' && !ClientAuthorization.domainAllowed(client, domainOf(sender))) {
+    if (sender !== '' && !senderDomainAllowed(client.senderDomains, domainOf(sender))) {
       return failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`);
     }
     const egress = this.#egress.select();

@@ -120,6 +120,13 @@ function clip(text: string, max = 300): string {
   return text.length > max ? `${text.slice(0, max - 3)}...` : text;
 }
 
+/** A client limited to sender domains may use those domains and their subdomains only. */
+export function senderDomainAllowed(allowed: string[] | undefined, domain: string): boolean {
+  if (!allowed) return true;
+  const lower = domain.toLowerCase();
+  return allowed.some((d) => lower === d || lower.endsWith(`.${d}`));
+}
+
 /** RFC 5321 §2.4: local parts are case-sensitive, domains are not. */
 function sameAddress(a: string, b: string): boolean {
   const at = (x: string) => x.lastIndexOf('@');
@@ -340,7 +347,7 @@ export class Transaction {
       return failure('permanent', 550, '5.6.0', `From "${fields[0].slice(0, 100)}" must name exactly one valid address`);
     }
     const author = authorDomain(header)!;
-    if (this.#client.senderDomains && !this.#client.senderDomains.some((d) => author === d || author.endsWith(`.${d}`))) {
+    if (!senderDomainAllowed(this.#client.senderDomains, author)) {
       return failure('permanent', 550, '5.7.1', `${this.#client.user ? `user ${this.#client.user}` : this.#client.address} may not send as ${mailboxes[0].address} (From)`);
     }
     return undefined;

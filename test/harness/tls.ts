@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -83,4 +84,15 @@ async function generate(names: string[]): Promise<TestCertificate> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** A certificate for the relay's own listeners, written to a new directory as tls.crt and tls.key. */
+export async function relayTlsFiles(): Promise<{ dir: string; ca: string; cert: string; key: string }> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'relay-tls-'));
+  const certificate = await testCertificate(['relay.test', '127.0.0.1']);
+  const cert = path.join(dir, 'tls.crt');
+  const key = path.join(dir, 'tls.key');
+  writeFileSync(key, certificate.key);
+  writeFileSync(cert, certificate.cert);
+  return { dir, ca: certificate.ca, cert, key };
 }
