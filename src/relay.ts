@@ -43,7 +43,8 @@ function loadKeys(config: Config, logger: Logger): KeyRing {
 /** Wires the parts together from one validated config: the composition root of the relay. */
 export async function startRelay(config: Config, logger: Logger, options: { upstreamTls?: ConnectionOptions } = {}): Promise<Relay> {
   const keys = loadKeys(config, logger);
-  const resolve = createResolver(config.dns);
+  const resolver = createResolver(config.dns, logger);
+  const resolve = resolver.resolve;
   const egress = new EgressPool(config, resolve, logger);
   await egress.start();
   const memo = createMemo(config.memo, logger);
@@ -54,6 +55,7 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
   } catch (err) {
     egress.stop();
     await memo.close();
+    resolver.close();
     throw err;
   }
   return {
@@ -70,6 +72,7 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
       await inbound.close();
       egress.stop();
       await memo.close();
+      resolver.close();
     },
   };
 }

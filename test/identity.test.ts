@@ -1,13 +1,15 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/index.ts';
-import { createResolver } from '../src/dns/index.ts';
+import { uncachedResolver } from '../src/dns/index.ts';
 import { IdentityError, verifyEgress } from '../src/identity/index.ts';
 import { createLogger } from '../src/observability/index.ts';
 import { startRelay } from '../src/relay.ts';
 import { DnsServer } from './harness/dns-server.ts';
 import { send } from './harness/send.ts';
 import { Internet, LogCapture, message } from './harness/world.ts';
+
+const NO_CACHE = { minTtl: 0, maxTtl: 0, negativeTtl: 0 };
 
 describe('egress identity', () => {
   let dns: DnsServer;
@@ -18,7 +20,7 @@ describe('egress identity', () => {
     dns.add('unconfirmed.example.test', { type: 'A', data: '127.0.0.99' });
   });
   after(async () => dns.close());
-  const resolve = () => createResolver({ servers: [dns.address], timeout: 1000, tries: 1 });
+  const resolve = () => uncachedResolver({ servers: [{ host: dns.host, port: dns.port }], timeout: 1000, tries: 1 });
 
   it('takes the PTR as HELO when it forward-confirms', async () => {
     const egress = await verifyEgress({ ip: '127.0.0.2', helo: 'auto' }, resolve());
@@ -56,7 +58,8 @@ describe('strict mode', () => {
 
   it('takes an identity that stops verifying out of use, and back when it verifies again', async () => {
     const logs = new LogCapture();
-    const config = parseConfig(internet.relayConfig({ strict: true }));
+    // DNS changes under the relay here; a cached answer would hide them until it expires.
+    const config = parseConfig(internet.relayConfig({ strict: true, dns: internet.dnsSettings(NO_CACHE) }));
     const relay = await startRelay(config, createLogger('info', logs));
     try {
       assert.equal((await send(relay.ports[0], 'alice@example.test', ['bob@gmail.test'], message())).data?.code, 250);
@@ -82,7 +85,7 @@ describe('egress identity re-check and DNS trouble', () => {
   it('keeps the last result when a re-check meets SERVFAIL, instead of switching the HELO', async () => {
     const internet = await Internet.start({ egress: [{ ip: '127.0.0.2', ptr: 'relay-out.example.test' }] });
     const logs = new LogCapture();
-    const relay = await startRelay(parseConfig(internet.relayConfig({ strict: true })), createLogger('info', logs));
+    const relay = await startRelay(parseConfig(internet.relayConfig({ strict: true, dns: internet.dnsSettings(NO_CACHE) })), createLogger('info', logs));
     try {
       internet.dns.fault('2.0.0.127.in-addr.arpa', 'PTR', 'servfail');
       await relay.egress.check(false);

@@ -44,6 +44,6 @@ describe('delivery memo in Redis, shared by replicas', () => {
       const result = await send(world.port, 'alice@example.test', ['bob@gmail.test'], message({ subject: `no redis ${i}` }));
       assert.equal(result.data?.code, 250);
     }
-    assert.equal(world.logs.records.filter((r) => r.msg === 'delivery memo: Redis unavailable, using the in-process memo').length, 1);
+    assert.equal(world.logs.records.filter((r) => r.msg === 'delivery memo: Redis unavailable, carrying on without it until it is back').length, 1);
   });
 });

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { createInterface } from 'node:readline';
 import { checkPublished, DkimKeyError, generateDkimKey, KeyRing } from '../auth/index.ts';
 import { ConfigError, loadConfig, type Config } from '../config/index.ts';
-import { createResolver } from '../dns/index.ts';
+import { uncachedResolver } from '../dns/index.ts';
 import { IdentityError } from '../identity/index.ts';
 import { hashPassword } from '../inbound/index.ts';
 import { createLogger } from '../observability/index.ts';
@@ -125,7 +125,7 @@ async function dkim(args: string[]): Promise<void> {
       if (err instanceof DkimKeyError) fail(`config error: ${err.message}`, 2);
       throw err;
     }
-    const resolve = createResolver(config.dns);
+    const resolve = uncachedResolver(config.dns);
     const results = await Promise.all(keys.keys.map((key) => checkPublished(key, resolve)));
     for (const result of results) {
       const { key } = result;

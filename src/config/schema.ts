@@ -1,3 +1,4 @@
+import { getServers } from 'node:dns';
 import net from 'node:net';
 import { z } from 'zod';
 
@@ -45,6 +46,58 @@ const hostname = z
 const domain = hostname.transform((value) => value.toLowerCase().replace(/\.$/, ''));
 
 const port = z.number().int().min(1).max(65535);
+
+/** `host`, `host:port`, `[v6]` or `[v6]:port`, as node's `setServers` takes them. */
+function parseServer(text: string): { host: string; port: number } | undefined {
+  const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(text);
+  if (bracketed) return net.isIPv6(bracketed[1]) ? { host: bracketed[1], port: Number(bracketed[2] ?? 53) } : undefined;
+  if (net.isIPv6(text)) return { host: text, port: 53 };
+  const [host, port, extra] = text.split(':');
+  if (extra !== undefined || !net.isIPv4(host) || (port !== undefined && !/^\d{1,5}$/.test(port))) return undefined;
+  return { host, port: Number(port ?? 53) };
+}
+
+/** A DNS server: an IP address with an optional port, as `1.1.1.1:53` or `[2001:db8::1]:53`. */
+const nameServer = z.string().transform((value, ctx) => {
+  const server = parseServer(value);
+  if (!server || server.port < 1 || server.port > 65535) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not an IP address with an optional port` });
+    return z.NEVER;
+  }
+  return server;
+});
+
+/** `host:port`, as ioredis takes Sentinel and Cluster nodes. */
+const redisNode = z.string().transform((value, ctx) => {
+  const match = /^(\[[0-9a-f:.]+\]|[^\s:[\]]+):(\d{1,5})$/i.exec(value);
+  if (!match || Number(match[2]) > 65535) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not host:port` });
+    return z.NEVER;
+  }
+  return { host: match[1].replace(/^\[|\]$/g, ''), port: Number(match[2]) };
+});
+
+/** A URL, or a Sentinel group, or Cluster seed nodes. */
+const redisSettings = z.union(
+  [
+    z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+    z.strictObject({
+      sentinels: z.array(redisNode).min(1),
+      /** The master group name the sentinels monitor. */
+      name: z.string().min(1),
+      password: z.string().optional(),
+      sentinelPassword: z.string().optional(),
+      db: z.number().int().min(0).optional(),
+      tls: z.boolean().default(false),
+    }),
+    z.strictObject({
+      cluster: z.array(redisNode).min(1),
+      password: z.string().optional(),
+      tls: z.boolean().default(false),
+    }),
+  ],
+  { error: 'must be a redis:// URL, {sentinels: [host:port…], name}, or {cluster: [host:port…]}' },
+);
 
 const listener = z.strictObject({
   host: z.string().default('0.0.0.0'),
@@ -137,9 +190,25 @@ export const configSchema = z.strictObject({
   identityRecheck: duration.prefault('15m'),
   dns: z
     .strictObject({
-      servers: z.array(z.string().min(1)).optional(),
+      /** The system's resolvers (resolv.conf) when absent. */
+      servers: z.array(nameServer).min(1).prefault(() => getServers()),
       timeout: duration.prefault('5s'),
       tries: z.number().int().min(1).max(10).default(2),
+      cache: z
+        .strictObject({
+          /** Bounds on how long an answer is kept, whatever its TTL says. */
+          minTtl: duration.prefault('30s'),
+          maxTtl: duration.prefault('1h'),
+          /** NXDOMAIN/NODATA: at most this long (less when the zone's SOA says less). */
+          negativeTtl: duration.prefault('5m'),
+          maxEntries: z.number().int().positive().default(10_000),
+          /** Shared by every replica; the in-process cache alone when absent. */
+          redis: redisSettings.optional(),
+          /** How long a Redis command may take before the lookup goes to DNS instead. */
+          redisTimeout: duration.prefault('250ms'),
+        })
+        .prefault({})
+        .refine((cache) => cache.minTtl <= cache.maxTtl, { message: 'minTtl must not exceed maxTtl' }),
     })
     .prefault({}),
   delivery: z
@@ -171,7 +240,7 @@ export const configSchema = z.strictObject({
     .transform((domains) => Object.fromEntries(Object.entries(domains).map(([name, settings]) => [name.toLowerCase().replace(/\.$/, ''), settings]))),
   memo: z
     .strictObject({
-      redis: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
+      redis: redisSettings.optional(),
       ttl: duration.prefault('5d'),
       maxEntries: z.number().int().positive().default(100_000),
     })
@@ -213,3 +282,4 @@ export type ListenerConfig = Config['listeners'][number];
 export type EgressConfig = Config['egress'][number];
 export type RouteConfig = Config['delivery']['routes'][number];
 export type ClientUser = Config['clients']['users'][number];
+export type RedisSettings = NonNullable<Config['memo']['redis']>;

@@ -1,6 +1,12 @@
 import { promises as dns, type MxRecord } from 'node:dns';
 import net from 'node:net';
 import type { Config } from '../config/index.ts';
+import type { Logger } from '../observability/index.ts';
+import { connectShared, type SharedStore } from '../redis/index.ts';
+import { DnsCache, type CacheCount } from './cache.ts';
+import { CACHED_TYPES, lookup, type CachedType, type WireOptions } from './wire.ts';
+
+export type { CacheCount } from './cache.ts';
 
 /**
  * The relay's one resolver, in the `dns.promises.resolve(name, rrtype)` shape mailauth takes as
@@ -15,10 +21,47 @@ export interface Resolve {
   (name: string, rrtype: string): Promise<unknown>;
 }
 
-export function createResolver(config: Config['dns']): Resolve {
+export interface Resolver {
+  resolve: Resolve;
+  /** Hits and misses per cache level and record type. */
+  counts(): CacheCount[];
+  close(): void;
+}
+
+type ServerSettings = Pick<Config['dns'], 'servers' | 'timeout' | 'tries'>;
+
+function wireOptions(config: ServerSettings): WireOptions {
+  return { servers: config.servers, timeout: config.timeout, tries: config.tries };
+}
+
+function isCached(rrtype: string): rrtype is CachedType {
+  return (CACHED_TYPES as readonly string[]).includes(rrtype);
+}
+
+/** Record types nobody here asks for (SRV, CAA…) go to node's resolver, uncached, same servers. */
+function otherTypes(config: ServerSettings): (name: string, rrtype: string) => Promise<unknown> {
   const resolver = new dns.Resolver({ timeout: config.timeout, tries: config.tries });
-  if (config.servers?.length) resolver.setServers(config.servers);
-  return ((name: string, rrtype: string) => resolver.resolve(name, rrtype)) as Resolve;
+  resolver.setServers(config.servers.map(({ host, port }) => (net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`)));
+  return (name, rrtype) => resolver.resolve(name, rrtype);
+}
+
+/** The resolver the relay runs with: cached in-process, and in Redis when `dns.cache.redis` is set. */
+export function createResolver(config: Config['dns'], logger: Logger): Resolver {
+  const log = logger.child({ component: 'dns' });
+  const shared: SharedStore | undefined = config.cache.redis
+    ? connectShared(config.cache.redis, { timeout: config.cache.redisTimeout, what: 'DNS cache', logger: log })
+    : undefined;
+  const cache = new DnsCache(config.cache, wireOptions(config), { shared, logger: log });
+  const other = otherTypes(config);
+  const resolve = ((name: string, rrtype: string) => (isCached(rrtype) ? cache.resolve(name, rrtype) : other(name, rrtype))) as Resolve;
+  return { resolve, counts: () => cache.counts(), close: () => shared?.close() };
+}
+
+/** Straight to DNS, nothing kept: for one-off checks that must see what is published now. */
+export function uncachedResolver(config: ServerSettings): Resolve {
+  const wire = wireOptions(config);
+  const other = otherTypes(config);
+  return (async (name: string, rrtype: string) => (isCached(rrtype) ? (await lookup(name, rrtype, wire)).records : other(name, rrtype))) as Resolve;
 }
 
 /** The in-addr.arpa / ip6.arpa name whose PTR names an address (RFC 1035 §3.5, RFC 3596 §2.5). */

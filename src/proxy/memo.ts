@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import { Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
-import type { Config } from '../config/index.ts';
+import type { Config, RedisSettings } from '../config/index.ts';
 import type { Logger } from '../observability/index.ts';
+import { connectShared, type SharedStore } from '../redis/index.ts';
 
 /** What the relay already did for one recipient of one message. */
 export type MemoState = 'delivered' | 'bounced';
@@ -63,37 +63,24 @@ class LocalMemo implements DeliveryMemo {
  */
 class RedisMemo implements DeliveryMemo {
   static readonly prefix = 'hygiene-relay:memo:v1:';
-  #redis: Redis;
+  #shared: SharedStore;
   #local: LocalMemo;
   #ttl: number;
-  #logger: Logger;
-  #down = false;
 
-  constructor(config: Config['memo'] & { redis: string }, logger: Logger) {
+  constructor(config: Config['memo'] & { redis: RedisSettings }, logger: Logger) {
     this.#ttl = config.ttl;
     this.#local = new LocalMemo(config);
-    this.#logger = logger.child({ component: 'memo' });
-    this.#redis = new Redis(config.redis, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 500, lazyConnect: false });
-    this.#redis.on('error', () => this.#outage());
-    this.#redis.on('ready', () => {
-      if (this.#down) this.#logger.info('delivery memo: Redis is back');
-      this.#down = false;
-    });
-  }
-
-  #outage(err?: unknown) {
-    if (!this.#down) this.#logger.warn({ err }, 'delivery memo: Redis unavailable, using the in-process memo');
-    this.#down = true;
+    this.#shared = connectShared(config.redis, { timeout: 500, what: 'delivery memo', logger: logger.child({ component: 'memo' }) });
   }
 
   async lookup(keys: MemoKey[]) {
     const local = await this.#local.lookup(keys);
     if (keys.length === 0) return local;
     try {
-      const shared = await this.#redis.mget(keys.map((key) => RedisMemo.prefix + digest(key)));
+      const shared = await this.#shared.client.mget(keys.map((key) => RedisMemo.prefix + digest(key)));
       return shared.map((value, i) => (value === 'delivered' || value === 'bounced' ? value : local[i]));
     } catch (err) {
-      this.#outage(err);
+      this.#shared.failed(err);
       return local;
     }
   }
@@ -102,16 +89,16 @@ class RedisMemo implements DeliveryMemo {
     await this.#local.record(entries);
     if (entries.length === 0) return;
     try {
-      const pipeline = this.#redis.pipeline();
+      const pipeline = this.#shared.client.pipeline();
       for (const entry of entries) pipeline.set(RedisMemo.prefix + digest(entry.key), entry.state, 'PX', this.#ttl);
       await pipeline.exec();
     } catch (err) {
-      this.#outage(err);
+      this.#shared.failed(err);
     }
   }
 
   async close() {
-    this.#redis.disconnect();
+    this.#shared.close();
   }
 }
 

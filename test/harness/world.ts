@@ -123,13 +123,18 @@ export class Internet {
     return destination;
   }
 
+  /** The relay's `dns` section for this internet; `cache` settings as the config takes them. */
+  dnsSettings(cache?: Record<string, unknown>): Record<string, unknown> {
+    return { servers: [this.dns.address], timeout: '1s', tries: 1, ...(cache && { cache }) };
+  }
+
   /** A relay config (before validation) pointed at this internet, with `overrides` per top-level key. */
   relayConfig(overrides: Record<string, unknown> = {}): Record<string, unknown> {
     return {
       listeners: [{ host: '127.0.0.1', port: 0 }],
       clients: { networks: ['127.0.0.1/32'] },
       egress: this.egress.map((e) => ({ ip: e.ip })),
-      dns: { servers: [this.dns.address], timeout: '1s', tries: 1 },
+      dns: this.dnsSettings(),
       delivery: { port: this.mxPort, connectTimeout: '2s', commandTimeout: '10s', dataTimeout: '20s' },
       log: { level: 'info' },
       ...overrides,

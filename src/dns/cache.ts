@@ -1,0 +1,187 @@
+import { LRUCache } from 'lru-cache';
+import { z } from 'zod';
+import type { Logger } from '../observability/index.ts';
+import type { SharedStore } from '../redis/index.ts';
+import { DnsLookupError, lookup, type CachedType, type RecordValue, type WireOptions } from './wire.ts';
+
+/** What a question got: records, or a definite "no such name" / "no such record". */
+export type Entry = { records: RecordValue[]; expires: number } | { code: 'ENOTFOUND' | 'ENODATA'; expires: number };
+
+export interface CacheSettings {
+  /** Milliseconds, all four. */
+  minTtl: number;
+  maxTtl: number;
+  negativeTtl: number;
+  maxEntries: number;
+}
+
+export type CacheLevel = 'memory' | 'redis';
+
+/** One counter: the labels a metrics exporter needs, and the count. */
+export interface CacheCount {
+  level: CacheLevel;
+  rrtype: string;
+  result: 'hit' | 'miss';
+  count: number;
+}
+
+const stringRecords = z.array(z.string());
+const RECORDS: Record<CachedType, z.ZodType<RecordValue[]>> = {
+  A: stringRecords,
+  AAAA: stringRecords,
+  CNAME: stringRecords,
+  NS: stringRecords,
+  PTR: stringRecords,
+  MX: z.array(z.strictObject({ exchange: z.string(), priority: z.number().int() })),
+  TXT: z.array(z.array(z.string())),
+};
+
+/**
+ * Redis entries: `x` when it expires (epoch ms, so every replica keeps it exactly as long),
+ * then `r` the records or `e` the negative answer. The version in the key changes with the
+ * format, so a replica never reads another format's entries.
+ */
+const KEY_PREFIX = 'hygiene-relay:dns:v1:';
+
+class SharedLevel {
+  #store: SharedStore;
+  #logger: Logger;
+  #warnedGarbage = false;
+
+  constructor(store: SharedStore, logger: Logger) {
+    this.#store = store;
+    this.#logger = logger;
+  }
+
+  /** An entry, or undefined for a miss, an outage, or something that is not ours. */
+  async get(key: string, type: CachedType): Promise<Entry | undefined> {
+    let text: string | null;
+    try {
+      text = await this.#store.client.get(KEY_PREFIX + key);
+    } catch (err) {
+      this.#store.failed(err);
+      return undefined;
+    }
+    if (text === null) return undefined;
+    const entry = this.#decode(text, type);
+    if (!entry && !this.#warnedGarbage) {
+      this.#warnedGarbage = true;
+      this.#logger.warn({ key: KEY_PREFIX + key }, 'DNS cache: unreadable entry in Redis ignored (another program writing under our prefix?)');
+    }
+    return entry;
+  }
+
+  #decode(text: string, type: CachedType): Entry | undefined {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    const shape = z.union([
+      z.strictObject({ x: z.number(), r: RECORDS[type] }),
+      z.strictObject({ x: z.number(), e: z.enum(['ENOTFOUND', 'ENODATA']) }),
+    ]);
+    const parsed = shape.safeParse(value);
+    if (!parsed.success) return undefined;
+    return 'r' in parsed.data ? { records: parsed.data.r, expires: parsed.data.x } : { code: parsed.data.e, expires: parsed.data.x };
+  }
+
+  set(key: string, entry: Entry, ttl: number): void {
+    const value = 'records' in entry ? { x: entry.expires, r: entry.records } : { x: entry.expires, e: entry.code };
+    this.#store.client.set(KEY_PREFIX + key, JSON.stringify(value), 'PX', ttl).catch((err: unknown) => this.#store.failed(err));
+  }
+}
+
+/**
+ * The two-level cache of DESIGN §4: in-process LRU, then Redis when configured, then DNS.
+ * Errors (SERVFAIL, timeouts) are never cached: the next question goes to DNS again.
+ */
+export class DnsCache {
+  #memory: LRUCache<string, Entry>;
+  #shared: SharedLevel | undefined;
+  #inflight = new Map<string, Promise<Entry>>();
+  #settings: CacheSettings;
+  #wire: WireOptions;
+  #counts = new Map<string, CacheCount>();
+
+  constructor(settings: CacheSettings, wire: WireOptions, options: { shared?: SharedStore; logger: Logger }) {
+    this.#settings = settings;
+    this.#wire = wire;
+    this.#memory = new LRUCache({ max: settings.maxEntries });
+    this.#shared = options.shared && new SharedLevel(options.shared, options.logger);
+  }
+
+  async resolve(name: string, type: CachedType): Promise<RecordValue[]> {
+    let entry: Entry;
+    try {
+      entry = await this.#entry(name, type);
+    } catch (err) {
+      // A fresh error per caller, named as that caller asked, even when the query was shared.
+      if (err instanceof DnsLookupError) throw new DnsLookupError(err.code, name, type, err.negativeTtl);
+      throw err;
+    }
+    if ('code' in entry) throw new DnsLookupError(entry.code, name, type);
+    // Callers may sort or change what they get (MX lists are sorted in place): never the cached copy.
+    return structuredClone(entry.records);
+  }
+
+  counts(): CacheCount[] {
+    return [...this.#counts.values()].map((count) => ({ ...count }));
+  }
+
+  #count(level: CacheLevel, rrtype: string, result: 'hit' | 'miss') {
+    const key = `${level}|${rrtype}|${result}`;
+    const count = this.#counts.get(key);
+    if (count) count.count++;
+    else this.#counts.set(key, { level, rrtype, result, count: 1 });
+  }
+
+  #entry(name: string, type: CachedType): Promise<Entry> {
+    // DNS names compare case-insensitively, and "a.example." is "a.example".
+    const key = `${type}:${name.toLowerCase().replace(/\.$/, '')}`;
+    const cached = this.#memory.get(key);
+    if (cached && cached.expires > Date.now()) {
+      this.#count('memory', type, 'hit');
+      return Promise.resolve(cached);
+    }
+    this.#count('memory', type, 'miss');
+    // Concurrent misses for one question share one query.
+    let pending = this.#inflight.get(key);
+    if (!pending) {
+      pending = this.#fill(key, name, type).finally(() => this.#inflight.delete(key));
+      this.#inflight.set(key, pending);
+    }
+    return pending;
+  }
+
+  async #fill(key: string, name: string, type: CachedType): Promise<Entry> {
+    if (this.#shared) {
+      const shared = await this.#shared.get(key, type);
+      if (shared && shared.expires > Date.now()) {
+        this.#count('redis', type, 'hit');
+        this.#memory.set(key, shared, { ttl: shared.expires - Date.now() });
+        return shared;
+      }
+      this.#count('redis', type, 'miss');
+    }
+    const { minTtl, maxTtl, negativeTtl } = this.#settings;
+    let entry: Entry;
+    let ttl: number;
+    try {
+      const answer = await lookup(name, type, this.#wire);
+      ttl = Math.min(Math.max(answer.ttl * 1000, minTtl), maxTtl);
+      entry = { records: answer.records, expires: Date.now() + ttl };
+    } catch (err) {
+      if (!(err instanceof DnsLookupError) || (err.code !== 'ENOTFOUND' && err.code !== 'ENODATA')) throw err;
+      // RFC 2308 §5: the zone's SOA says how long a negative answer holds; negativeTtl caps it.
+      ttl = Math.min(Math.max((err.negativeTtl ?? Infinity) * 1000, minTtl), negativeTtl);
+      entry = { code: err.code, expires: Date.now() + ttl };
+    }
+    if (ttl > 0) {
+      this.#memory.set(key, entry, { ttl });
+      this.#shared?.set(key, entry, ttl);
+    }
+    return entry;
+  }
+}

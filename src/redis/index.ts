@@ -1,0 +1,63 @@
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { RedisSettings } from '../config/index.ts';
+import type { Logger } from '../observability/index.ts';
+
+/**
+ * The Redis state replicas share (DNS cache, delivery memo). Every user of it treats Redis
+ * as an accelerator, never a dependency: commands fail fast instead of queueing while it is
+ * away, and the caller carries on with its in-process state.
+ */
+export interface SharedStore {
+  client: Redis | Cluster;
+  /** Call on every failed command: the first failure of an outage logs one warning. */
+  failed(err: unknown): void;
+  close(): void;
+}
+
+function clientFor(settings: RedisSettings, timeout: number): Redis | Cluster {
+  const common: RedisOptions = {
+    // A command while disconnected fails at once rather than waiting for a reconnect that
+    // may take seconds; a slow server is bounded by the command timeout.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: timeout,
+  };
+  if (typeof settings === 'string') return new Redis(settings, common);
+  const tls = settings.tls ? {} : undefined;
+  if ('sentinels' in settings) {
+    return new Redis({
+      ...common,
+      sentinels: settings.sentinels,
+      name: settings.name,
+      password: settings.password,
+      sentinelPassword: settings.sentinelPassword,
+      db: settings.db,
+      tls,
+      enableTLSForSentinelMode: settings.tls,
+    });
+  }
+  return new Cluster(settings.cluster, {
+    enableOfflineQueue: false,
+    redisOptions: { ...common, password: settings.password, tls },
+  });
+}
+
+/**
+ * Connects in the background (reconnecting on its own after an outage); `what` names the
+ * user in the outage warning, e.g. "DNS cache".
+ */
+export function connectShared(settings: RedisSettings, options: { timeout: number; what: string; logger: Logger }): SharedStore {
+  const client = clientFor(settings, options.timeout);
+  const logger = options.logger;
+  let down = false;
+  const failed = (err: unknown) => {
+    if (!down) logger.warn({ err: err instanceof Error ? err.message : String(err) }, `${options.what}: Redis unavailable, carrying on without it until it is back`);
+    down = true;
+  };
+  client.on('error', failed);
+  client.on('ready', () => {
+    if (down) logger.info(`${options.what}: Redis is back`);
+    down = false;
+  });
+  return { client, failed, close: () => client.disconnect() };
+}
