@@ -45,6 +45,7 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
   const keys = loadKeys(config, logger);
   const resolver = createResolver(config.dns, logger);
   const resolve = resolver.resolve;
+  await resolver.ready();
   const egress = new EgressPool(config, resolve, logger);
   await egress.start();
   const memo = createMemo(config.memo, logger);

@@ -32,7 +32,7 @@ const RECORDS: Record<CachedType, z.ZodType<RecordValue[]>> = {
   CNAME: stringRecords,
   NS: stringRecords,
   PTR: stringRecords,
-  MX: z.array(z.strictObject({ exchange: z.string(), priority: z.number().int() })),
+  MX: z.array(z.strictObject({ exchange: z.string(), priority: z.number().int(), type: z.literal('MX') })),
   TXT: z.array(z.array(z.string())),
 };
 

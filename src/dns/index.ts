@@ -23,6 +23,8 @@ export interface Resolve {
 
 export interface Resolver {
   resolve: Resolve;
+  /** Settles when the shared level has connected, or failed to: lookups before it skip Redis. */
+  ready(): Promise<void>;
   /** Hits and misses per cache level and record type. */
   counts(): CacheCount[];
   close(): void;
@@ -54,7 +56,7 @@ export function createResolver(config: Config['dns'], logger: Logger): Resolver 
   const cache = new DnsCache(config.cache, wireOptions(config), { shared, logger: log });
   const other = otherTypes(config);
   const resolve = ((name: string, rrtype: string) => (isCached(rrtype) ? cache.resolve(name, rrtype) : other(name, rrtype))) as Resolve;
-  return { resolve, counts: () => cache.counts(), close: () => shared?.close() };
+  return { resolve, ready: async () => shared?.ready, counts: () => cache.counts(), close: () => shared?.close() };
 }
 
 /** Straight to DNS, nothing kept: for one-off checks that must see what is published now. */

@@ -31,7 +31,7 @@ export const CACHED_TYPES = ['A', 'AAAA', 'CNAME', 'MX', 'NS', 'PTR', 'TXT'] as 
 export type CachedType = (typeof CACHED_TYPES)[number];
 
 /** node's record shapes: strings, `{ exchange, priority }` for MX, string chunks for TXT. */
-export type RecordValue = string | { exchange: string; priority: number } | string[];
+export type RecordValue = string | { exchange: string; priority: number; type: 'MX' } | string[];
 
 export interface WireAnswer {
   records: RecordValue[];
@@ -171,8 +171,8 @@ function negativeTtl(reply: Packet): number | undefined {
 function value(record: ResourceRecord): RecordValue {
   switch (record.type) {
     case 'MX':
-      // node gives a null MX (RFC 7505) as an empty exchange.
-      return { exchange: record.data.exchange === '.' ? '' : record.data.exchange, priority: record.data.preference ?? 0 };
+      // node gives a null MX (RFC 7505) as an empty exchange, and (since 24) labels the type.
+      return { exchange: record.data.exchange === '.' ? '' : record.data.exchange, priority: record.data.preference ?? 0, type: 'MX' };
     case 'TXT': {
       const chunks = Array.isArray(record.data) ? record.data : [record.data];
       return chunks.map((chunk) => (typeof chunk === 'string' ? chunk : chunk.toString('latin1')));

@@ -9,6 +9,8 @@ import type { Logger } from '../observability/index.ts';
  */
 export interface SharedStore {
   client: Redis | Cluster;
+  /** Settles once the first connection attempt succeeded or failed: start-up waits for it, never longer. */
+  ready: Promise<void>;
   /** Call on every failed command: the first failure of an outage logs one warning. */
   failed(err: unknown): void;
   close(): void;
@@ -21,6 +23,8 @@ function clientFor(settings: RedisSettings, timeout: number): Redis | Cluster {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     commandTimeout: timeout,
+    // Start-up waits for the first attempt; an unreachable host must not hold it for long.
+    connectTimeout: 2000,
   };
   if (typeof settings === 'string') return new Redis(settings, common);
   const tls = settings.tls ? {} : undefined;
@@ -59,5 +63,9 @@ export function connectShared(settings: RedisSettings, options: { timeout: numbe
     if (down) logger.info(`${options.what}: Redis is back`);
     down = false;
   });
-  return { client, failed, close: () => client.disconnect() };
+  const ready = new Promise<void>((resolve) => {
+    client.once('ready', resolve);
+    client.once('error', () => resolve());
+  });
+  return { client, ready, failed, close: () => client.disconnect() };
 }

@@ -30,6 +30,15 @@ export class RedisServer {
     return new RedisServer(child, chosen);
   }
 
+  /** SIGSTOP: connections stay open and nothing answers, as a server stuck in a long command. */
+  pause(): void {
+    this.#child.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.#child.kill('SIGCONT');
+  }
+
   /** SIGKILL, as a crash: no goodbye to the clients. */
   async kill(): Promise<void> {
     if (this.#child.exitCode !== null || this.#child.signalCode !== null) return;

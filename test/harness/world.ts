@@ -55,6 +55,8 @@ export interface WorldOptions {
   destinations?: DestinationSpec[];
   /** Config keys merged over the world's defaults (shallow per top-level key); a function gets the internet first (its ports). */
   config?: Record<string, unknown> | ((internet: Internet) => Record<string, unknown>);
+  /** false: destinations do not verify what arrives (no DNS queries of theirs in the server's log). */
+  verify?: boolean;
   /** Egress addresses with the PTR name each gets (forward-confirmed unless `confirmed: false`). */
   egress?: { ip: string; ptr?: string; confirmed?: boolean }[];
   /** MX hosts that exist in DNS but have nothing listening (connections refused). */
@@ -97,7 +99,7 @@ export class Internet {
         const first = spec.mx[0];
         destinations.set(
           spec.domain,
-          await Destination.start({ host: first.ip, port: mxPort, name: first.name, dnsServer: dns.address, script: spec.script, starttls: spec.starttls }),
+          await Destination.start({ host: first.ip, port: mxPort, name: first.name, dnsServer: options.verify === false ? undefined : dns.address, script: spec.script, starttls: spec.starttls }),
         );
       }
       for (const dead of options.deadMx ?? []) {
