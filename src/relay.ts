@@ -1,7 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
-import { createResolver } from './dns/index.ts';
+import { createResolver, type CacheCount } from './dns/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound } from './inbound/index.ts';
 import type { Logger } from './observability/index.ts';
@@ -11,6 +11,8 @@ export interface Relay {
   /** The SMTP ports actually bound, in listener order (port 0 in the config picks a free one). */
   ports: number[];
   egress: EgressPool;
+  /** DNS cache hits and misses per level and record type, for the metrics endpoint. */
+  dnsCounts(): CacheCount[];
   /**
    * Applies a new configuration to transactions that start from now on: DKIM keys, domains,
    * clients, routes, delivery settings. Throws (DkimKeyError) and changes nothing when a key
@@ -62,6 +64,7 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
   return {
     ports: inbound.listening.map((l) => l.port),
     egress,
+    dnsCounts: () => resolver.counts(),
     reload(next) {
       const nextKeys = loadKeys(next, logger);
       const pending = restartOnly(config, next);

@@ -34,6 +34,20 @@ describe('configuration', () => {
     assert.throws(() => parseConfig({ egress: [{ ip: '203.0.113.10' }], listeners: [{ port: 25, starttls: true }] }), /listeners\[0\]: uses TLS but no tls\.cert\/tls\.key is configured/);
   });
 
+  it('reads DNS servers as address[:port] and Redis as a URL, Sentinel or Cluster, and says what is wrong', () => {
+    const dns = (settings: Record<string, unknown>) => parseConfig({ egress: [{ ip: '203.0.113.10' }], dns: settings }).dns;
+    assert.deepEqual(dns({ servers: ['10.0.0.2', '10.0.0.3:5353', '[2001:db8::53]:53'] }).servers, [
+      { host: '10.0.0.2', port: 53 },
+      { host: '10.0.0.3', port: 5353 },
+      { host: '2001:db8::53', port: 53 },
+    ]);
+    assert.throws(() => dns({ servers: ['resolver.example'] }), /dns\.servers\[0\]: "resolver\.example" is not an IP address with an optional port/);
+    assert.deepEqual(dns({ cache: { redis: { sentinels: ['10.0.0.5:26379'], name: 'relay' } } }).cache.redis, { sentinels: [{ host: '10.0.0.5', port: 26379 }], name: 'relay', tls: false });
+    assert.throws(() => dns({ cache: { redis: 'localhost:6379' } }), /dns\.cache\.redis: must be a redis:\/\/ or rediss:\/\/ URL/);
+    assert.throws(() => dns({ cache: { redis: { cluster: ['10.0.0.5'] } } }), /dns\.cache\.redis: must be a redis:\/\/ URL, \{sentinels/);
+    assert.throws(() => dns({ cache: { minTtl: '2h' } }), /dns\.cache: minTtl must not exceed maxTtl/);
+  });
+
   it('makes `start` exit 2 with one line naming the key when the file is wrong', async () => {
     const file = path.join(dir, 'bad.yaml');
     writeFileSync(file, 'egress:\n  - ip: 203.0.113.10\nlimits:\n  maxRecipients: many\n');

@@ -221,6 +221,49 @@ describe('Redis trouble never stops a lookup', () => {
   });
 });
 
+describe('Redis deployments: Sentinel and Cluster', () => {
+  let dns: DnsServer;
+  before(async () => {
+    dns = await DnsServer.start();
+    dns.add('gmail.test', { type: 'MX', data: { preference: 5, exchange: 'gmail-smtp-in.l.google.test' } });
+  });
+  after(async () => dns.close());
+
+  /** Two replicas on `redis`: the second finds the first's answer and asks DNS nothing. */
+  async function sharedBetweenReplicas(redis: Record<string, unknown>) {
+    dns.resetLog();
+    const [first, second] = [await resolverFor(dns, { redis }), await resolverFor(dns, { redis })];
+    try {
+      const answer = await first.resolve('gmail.test', 'MX');
+      assert.deepEqual(await second.resolve('gmail.test', 'MX'), answer);
+      assert.equal(dns.count('gmail.test', 'MX'), 1);
+      assert.deepEqual(second.counts().filter((c) => c.level === 'redis').map((c) => [c.result, c.count]), [['hit', 1]]);
+    } finally {
+      first.close();
+      second.close();
+    }
+  }
+
+  it('finds the master through Sentinel', async () => {
+    const master = await RedisServer.start();
+    const sentinel = await RedisServer.sentinel('relaycache', master);
+    try {
+      await sharedBetweenReplicas({ sentinels: [`127.0.0.1:${sentinel.port}`], name: 'relaycache' });
+    } finally {
+      await Promise.all([sentinel.kill(), master.kill()]);
+    }
+  });
+
+  it('spreads over a Cluster', async () => {
+    const nodes = await RedisServer.cluster();
+    try {
+      await sharedBetweenReplicas({ cluster: nodes.map((node) => `127.0.0.1:${node.port}`) });
+    } finally {
+      await Promise.all(nodes.map((node) => node.kill()));
+    }
+  });
+});
+
 describe('the relay with its DNS cache', () => {
   let dir: string;
   before(() => {
@@ -294,6 +337,8 @@ describe('the relay with its DNS cache', () => {
       assert.deepEqual(codes, Array(200).fill(250));
       assert.equal((await world.destination('gmail.test').waitForMessages(200)).length, 200, 'none lost');
       assert.equal(world.logs.records.filter((r) => r.msg === OUTAGE).length, 1);
+      const redisMx = world.relay.dnsCounts().filter((c) => c.level === 'redis' && c.rrtype === 'MX');
+      assert.equal(redisMx.reduce((sum, c) => sum + c.count, 0), 200, 'every MX lookup went past the in-process level to Redis (or its outage)');
 
       restarted = await RedisServer.start(redis.port);
       await world.logs.waitFor((r) => r.msg === 'DNS cache: Redis is back');
