@@ -1,11 +1,13 @@
 import type { ConnectionOptions } from 'node:tls';
 import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
+import { Shaper, UpstreamPool } from './delivery/index.ts';
 import { createResolver, type CacheCount } from './dns/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound } from './inbound/index.ts';
 import type { Logger } from './observability/index.ts';
 import { createMemo, type RelayContext } from './proxy/index.ts';
+import { connectShared } from './redis/index.ts';
 
 export interface Relay {
   /** The SMTP ports actually bound, in listener order (port 0 in the config picks a free one). */
@@ -24,11 +26,13 @@ export interface Relay {
 
 // Read once at start (sockets, resolver, Redis connection, logger): a reload cannot change them.
 const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log'] as const;
+const RESTART_ONLY_DELIVERY = ['redis'] as const;
 const RESTART_ONLY_LIMITS = ['maxMessageSize', 'maxClients', 'clientTimeout'] as const;
 
 function restartOnly(before: Config, after: Config): string[] {
   const changed: string[] = RESTART_ONLY.filter((key) => JSON.stringify(before[key]) !== JSON.stringify(after[key]));
   changed.push(...RESTART_ONLY_LIMITS.filter((key) => before.limits[key] !== after.limits[key]).map((key) => `limits.${key}`));
+  changed.push(...RESTART_ONLY_DELIVERY.filter((key) => JSON.stringify(before.delivery[key]) !== JSON.stringify(after.delivery[key])).map((key) => `delivery.${key}`));
   if ((before.clients.users.length === 0) !== (after.clients.users.length === 0)) changed.push('clients.users (AUTH offered or not)');
   return changed;
 }
@@ -51,7 +55,11 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
   const egress = new EgressPool(config, resolve, logger);
   await egress.start();
   const memo = createMemo(config.memo, logger);
-  let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls };
+  const shared = config.delivery.redis ? connectShared(config.delivery.redis, { timeout: 250, what: 'delivery shaping', logger }) : undefined;
+  const shaper = new Shaper({ shared, logger });
+  const upstreams = new UpstreamPool({ shaper, resolve, tls: options.upstreamTls });
+  await shared?.ready;
+  let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls, upstreams, shaper };
   const inbound = new Inbound(ctx, egress);
   try {
     await inbound.listen();
@@ -59,6 +67,8 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
     egress.stop();
     await memo.close();
     resolver.close();
+    shaper.close();
+    shared?.close();
     throw err;
   }
   return {
@@ -75,8 +85,11 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
     async close() {
       await inbound.close();
       egress.stop();
+      await upstreams.close();
       await memo.close();
       resolver.close();
+      shaper.close();
+      shared?.close();
     },
   };
 }

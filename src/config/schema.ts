@@ -137,6 +137,25 @@ const route = z.strictObject({
   port: port.default(25),
 });
 
+const provider = z.strictObject({
+  /** MX host name suffixes: `google.com` matches `aspmx.l.google.com`. */
+  mx: z.array(domain).min(1),
+  maxSessions: z.number().int().min(1).default(10),
+  messagesPerMinute: z.number().int().min(1).default(600),
+  /** How long to stop after the provider says to slow down (Gmail: at least 10 minutes). */
+  backoff: duration.prefault('10m'),
+});
+
+// Suffixes from the providers' own MX names: Gmail (aspmx.l.google.com), Microsoft 365 and
+// Outlook.com (*.mail.protection.outlook.com, *.olc.protection.outlook.com), Yahoo/AOL
+// (mta*.am0.yahoodns.net), BT (mx.bt.lon5.cpcloud.co.uk, btinternet.com).
+const DEFAULT_PROVIDERS = {
+  gmail: { mx: ['google.com', 'googlemail.com'], maxSessions: 10, messagesPerMinute: 600, backoff: 600_000 },
+  microsoft: { mx: ['outlook.com', 'protection.outlook.com', 'hotmail.com'], maxSessions: 10, messagesPerMinute: 600, backoff: 600_000 },
+  yahoo: { mx: ['yahoodns.net'], maxSessions: 5, messagesPerMinute: 300, backoff: 600_000 },
+  bt: { mx: ['cpcloud.co.uk', 'btinternet.com'], maxSessions: 3, messagesPerMinute: 120, backoff: 600_000 },
+};
+
 const selector = z
   .string()
   .regex(/^[a-z0-9]([a-z0-9_-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9_-]*[a-z0-9])?)*$/i, 'must be a DKIM selector (letters, digits, hyphens, dots)');
@@ -218,6 +237,17 @@ export const configSchema = z.strictObject({
       commandTimeout: duration.prefault('5m'),
       dataTimeout: duration.prefault('10m'),
       routes: z.array(route).default([]),
+      /** Upstream sessions kept open between transactions, per destination and egress. */
+      pool: z
+        .strictObject({
+          maxIdle: z.number().int().min(0).default(2),
+          idleTimeout: duration.prefault('30s'),
+        })
+        .prefault({}),
+      /** Limits per provider and egress IP; listing providers replaces the built-in list. */
+      providers: z.record(z.string().regex(/^[a-z0-9_-]+$/i, 'must be a short name'), provider).default(DEFAULT_PROVIDERS),
+      /** Shaping state shared by every replica (session slots, rates, pauses); per process when absent. */
+      redis: redisSettings.optional(),
       bounceRoute: z.strictObject({ host: z.string().min(1), port: port.default(25) }).optional(),
       spool: z
         .strictObject({ memoryLimit: size.default(1024 * 1024), dir: z.string().optional() })

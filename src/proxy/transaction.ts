@@ -17,7 +17,7 @@ import {
   type SpfVerdict,
 } from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
-import { connectDestination, resolveDestination, type Connected, type Destination } from '../delivery/index.ts';
+import { resolveDestination, type Connected, type Destination, type Shaper, type UpstreamLease, type UpstreamPool } from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
@@ -39,6 +39,9 @@ export interface RelayContext {
   logger: Logger;
   /** Extra TLS options for upstream STARTTLS (tests trust their CA through this). */
   upstreamTls?: ConnectionOptions;
+  /** Upstream sessions, kept between transactions, and the per-provider limits on them. */
+  upstreams: UpstreamPool;
+  shaper: Shaper;
 }
 
 export interface ClientInfo {
@@ -76,7 +79,10 @@ interface SpooledMessage {
 /** One destination's upstream session within the transaction. */
 interface Leg {
   destination: Destination;
+  lease?: UpstreamLease;
   connected?: Connected;
+  /** The session failed mid-command: it must not carry another transaction. */
+  broken?: boolean;
   /** Why no recipient can go this way (connection or MAIL FROM refused): every RCPT gets it. */
   refused?: Outcome;
   /** Recipients the destination accepted at RCPT. */
@@ -220,20 +226,22 @@ export class Transaction {
   async #openLeg(destination: Destination): Promise<Leg> {
     const leg: Leg = { destination, recipients: [] };
     this.#legs.set(destination.key, leg);
-    const connected = await connectDestination(destination, this.#egress, { delivery: this.#ctx.config.delivery, resolve: this.#ctx.resolve, tls: this.#ctx.upstreamTls });
-    if ('kind' in connected) {
-      leg.refused = connected;
+    const lease = await this.#ctx.upstreams.open(destination, this.#egress, this.#ctx.config.delivery);
+    if ('kind' in lease) {
+      leg.refused = lease;
       return leg;
     }
-    leg.connected = connected;
+    leg.lease = lease;
+    const connected = (leg.connected = lease.connected);
     try {
       const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected)), this.#who(leg), 'MAIL FROM');
       if (mail.kind !== 'accepted') leg.refused = mail;
     } catch (err) {
+      leg.broken = true;
       leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost after greeting (${(err as Error).message})`);
     }
     // The client left while this session was being opened.
-    if (this.#closed) void connected.session.quit();
+    if (this.#closed) void lease.finish(!leg.broken);
     return leg;
   }
 
@@ -267,6 +275,7 @@ export class Transaction {
       if (outcome.kind === 'accepted') leg.recipients.push(address);
       return outcome;
     } catch (err) {
+      leg.broken = true;
       leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost (${(err as Error).message})`);
       return this.#own(leg.refused);
     }
@@ -542,11 +551,13 @@ export class Transaction {
       const reply = await session.data(this.#outgoing(received, message, true));
       leg.data = formatReply(reply);
       const outcome = this.#said(reply, who, 'DATA');
+      if (outcome.kind === 'accepted' && leg.lease?.provider) void this.#ctx.shaper.delivered(leg.lease.provider, this.#egress.ip);
       for (const address of recipients) {
         this.#record(address).data = leg.data;
         results.push({ address, outcome, remoteMta: who, said: reply });
       }
     } catch (err) {
+      leg.broken = true;
       const outcome = lost(err);
       leg.data = formatReply(outcome.reply);
       // Whoever has no result yet (the session may have died in the middle of the RCPTs) is deferred.
@@ -568,10 +579,10 @@ export class Transaction {
     return this.#recipients.findLast((r) => r.address === address && r.result !== 'refused' && r.result !== 'deferred') ?? this.#recipients.findLast((r) => r.address === address)!;
   }
 
-  /** Ends every upstream session (QUIT); safe to call more than once. */
+  /** Done with every upstream session: back to the pool when it ended cleanly; safe to call more than once. */
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all([...this.#legs.values()].map((leg) => (leg.connected?.session.closed === false ? leg.connected.session.quit() : undefined)));
+    await Promise.all([...this.#legs.values()].map((leg) => leg.lease?.finish(!leg.broken)));
   }
 
   /** Ends a transaction before DATA completed: the client left or started over, or the relay refused it. */
@@ -590,6 +601,7 @@ export class Transaction {
       mxHost: leg.connected?.mxHost,
       mxIp: leg.connected?.mxIp,
       tls: leg.connected?.session.tls ?? null,
+      reused: leg.lease?.reused,
       data: leg.data,
       refused: leg.refused ? formatReply(leg.refused.reply) : undefined,
     }));

@@ -10,6 +10,7 @@ export type RawAnswer = string | undefined | 'drop';
 export class RawMx {
   readonly log: string[] = [];
   #server: net.Server;
+  #sockets = new Set<net.Socket>();
 
   private constructor(server: net.Server) {
     this.#server = server;
@@ -20,6 +21,8 @@ export class RawMx {
     const server = net.createServer((socket) => {
       let buffer = '';
       let inData = false;
+      mx.#sockets.add(socket);
+      socket.on('close', () => mx.#sockets.delete(socket));
       socket.on('error', () => undefined);
       socket.write('220 raw.test ESMTP\r\n');
       /** Sends the reply; returns the line sent, or undefined when the connection was dropped. */
@@ -63,7 +66,9 @@ export class RawMx {
     return mx;
   }
 
+  /** Stops listening and drops every connection still open (a relay may keep idle sessions). */
   close(): Promise<void> {
+    for (const socket of this.#sockets) socket.destroy();
     return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 }

@@ -1,0 +1,140 @@
+import type { ConnectionOptions } from 'node:tls';
+import type { Config } from '../config/index.ts';
+import type { Resolve } from '../dns/index.ts';
+import type { Egress } from '../identity/index.ts';
+import type { Outcome } from '../proxy/outcome.ts';
+import { connectDestination, type Connected } from './connect.ts';
+import type { Destination } from './destination.ts';
+import { providerOf, type ProviderConfig, type SessionSlot, type Shaper } from './shaping.ts';
+
+/** One transaction's use of an upstream session. */
+export interface UpstreamLease {
+  connected: Connected;
+  provider: ProviderConfig | undefined;
+  /** True when the session had carried an earlier transaction. */
+  reused: boolean;
+  /**
+   * The transaction is done with the session: kept for the next one when `reusable` (it
+   * ended cleanly), ended with QUIT otherwise.
+   */
+  finish(reusable: boolean): Promise<void>;
+}
+
+interface Idle {
+  connected: Connected;
+  slot: SessionSlot | undefined;
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * Upstream sessions for transactions (DESIGN §5): a session that ended its transaction
+ * cleanly waits, idle, for the next transaction to the same destination from the same egress
+ * (for `pool.idleTimeout`, at most `pool.maxIdle` of them), and is reset with RSET before it
+ * carries anything. The destination key includes its TLS policy, so a session never carries
+ * mail for a domain whose policy asks more than the one it was opened under.
+ * New sessions to a known provider need a slot from the shaper first.
+ */
+export class UpstreamPool {
+  #idle = new Map<string, Idle[]>();
+  #shaper: Shaper;
+  #resolve: Resolve;
+  #tls: ConnectionOptions | undefined;
+  #closed = false;
+
+  constructor(options: { shaper: Shaper; resolve: Resolve; tls?: ConnectionOptions }) {
+    this.#shaper = options.shaper;
+    this.#resolve = options.resolve;
+    this.#tls = options.tls;
+  }
+
+  async open(destination: Destination, egress: Egress, delivery: Config['delivery']): Promise<UpstreamLease | Outcome> {
+    const provider = providerOf(
+      destination.hops.map((hop) => hop.name),
+      delivery.providers,
+    );
+    if (provider) {
+      const refused = await this.#shaper.admitMessage(provider, egress.ip);
+      if (refused) return refused;
+    }
+    const key = `${destination.key}|${egress.ip}|${egress.helo}`;
+    const idle = await this.#checkout(key);
+    if (idle) return this.#lease(key, idle.connected, idle.slot, provider, true, delivery);
+
+    let slot: SessionSlot | undefined;
+    if (provider) {
+      const granted = await this.#shaper.openSession(provider, egress.ip, delivery.connectTimeout);
+      if ('kind' in granted) return granted;
+      slot = granted;
+    }
+    const connected = await connectDestination(destination, egress, { delivery, resolve: this.#resolve, tls: this.#tls });
+    if ('kind' in connected) {
+      slot?.release();
+      return connected;
+    }
+    return this.#lease(key, connected, slot, provider, false, delivery);
+  }
+
+  /** Ends every idle session (shutdown). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    const all = [...this.#idle.values()].flat();
+    this.#idle.clear();
+    await Promise.all(all.map((idle) => this.#end(idle.connected, idle.slot, idle.timer)));
+  }
+
+  #lease(key: string, connected: Connected, slot: SessionSlot | undefined, provider: ProviderConfig | undefined, reused: boolean, delivery: Config['delivery']): UpstreamLease {
+    let finished = false;
+    return {
+      connected,
+      provider,
+      reused,
+      finish: async (reusable) => {
+        if (finished) return;
+        finished = true;
+        const idle = this.#idle.get(key) ?? [];
+        if (!reusable || this.#closed || connected.session.closed || idle.length >= delivery.pool.maxIdle || delivery.pool.idleTimeout === 0) {
+          return this.#end(connected, slot);
+        }
+        const entry: Idle = {
+          connected,
+          slot,
+          timer: setTimeout(() => {
+            this.#remove(key, entry);
+            void this.#end(connected, slot);
+          }, delivery.pool.idleTimeout).unref(),
+        };
+        idle.push(entry);
+        this.#idle.set(key, idle);
+      },
+    };
+  }
+
+  /** The most recently used idle session that still answers RSET; dead ones are dropped. */
+  async #checkout(key: string): Promise<Idle | undefined> {
+    for (let idle = this.#idle.get(key)?.pop(); idle; idle = this.#idle.get(key)?.pop()) {
+      clearTimeout(idle.timer);
+      if (!idle.connected.session.closed) {
+        try {
+          const reply = await idle.connected.session.rset();
+          if (reply.code === 250) return idle;
+        } catch {
+          // Gone while idle (the server's own idle timeout): the next one, or a fresh session.
+        }
+      }
+      await this.#end(idle.connected, idle.slot);
+    }
+    return undefined;
+  }
+
+  #remove(key: string, entry: Idle): void {
+    const idle = this.#idle.get(key);
+    const at = idle?.indexOf(entry) ?? -1;
+    if (idle && at >= 0) idle.splice(at, 1);
+  }
+
+  async #end(connected: Connected, slot: SessionSlot | undefined, timer?: NodeJS.Timeout): Promise<void> {
+    if (timer) clearTimeout(timer);
+    slot?.release();
+    if (!connected.session.closed) await connected.session.quit().catch(() => {});
+  }
+}

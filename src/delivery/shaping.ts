@@ -1,0 +1,224 @@
+import { randomUUID } from 'node:crypto';
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import type { Config } from '../config/index.ts';
+import type { Logger } from '../observability/index.ts';
+import { failure, type Outcome } from '../proxy/outcome.ts';
+import type { SharedStore } from '../redis/index.ts';
+
+export type ProviderConfig = Config['delivery']['providers'][string] & { name: string };
+
+/** The provider whose MX hosts these are, by host suffix (`aspmx.l.google.com` → gmail). */
+export function providerOf(hosts: string[], providers: Config['delivery']['providers']): ProviderConfig | undefined {
+  for (const host of hosts) {
+    const lower = host.toLowerCase();
+    for (const [name, provider] of Object.entries(providers)) {
+      if (provider.mx.some((suffix) => lower === suffix || lower.endsWith(`.${suffix}`))) return { name, ...provider };
+    }
+  }
+  return undefined;
+}
+
+/** Sessions kept in Redis live this long unless renewed: a replica that dies frees its share soon. */
+const LEASE_MS = 60_000;
+/** After a pause, one more session for every this many deliveries that succeed. */
+const RAMP_STEP = 10;
+/** How long the ramp is remembered after a pause ends, if deliveries stop altogether. */
+const RAMP_MEMORY_MS = 60 * 60_000;
+
+const PREFIX = 'hygiene-relay:shaping:v1:';
+
+/**
+ * Takes a session slot when fewer than `max` are held: the sorted set holds one member per
+ * open session scored by when its lease ends; expired leases are dropped first.
+ */
+const ACQUIRE = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0`;
+
+interface Pause {
+  /** Epoch ms: no session may open before then. */
+  until: number;
+  /** Deliveries that succeeded since; the session limit grows back with them. */
+  successes: number;
+}
+
+/** A session slot held for one upstream session; give it back when the session ends. */
+export interface SessionSlot {
+  release(): void;
+}
+
+/**
+ * Per provider and egress IP (DESIGN §5): at most `maxSessions` upstream sessions and
+ * `messagesPerMinute` messages across every replica (Redis when configured, this process
+ * otherwise), and a pause when the provider itself says to slow down, after which sessions
+ * come back one at a time (Gmail's published advice for 421-4.7.28). The client hears
+ * `451 4.7.0` before anything reaches the provider.
+ */
+export class Shaper {
+  #shared: SharedStore | undefined;
+  #logger: Logger;
+  #limiters = new Map<string, RateLimiterMemory | RateLimiterRedis>();
+  /** In-process sessions per key (also the fallback when Redis is away). */
+  #local = new Map<string, Set<string>>();
+  #pauses = new Map<string, Pause>();
+  /** Lease ids held in Redis by this process, renewed while their sessions live. */
+  #leases = new Map<string, Set<string>>();
+  #renewal: NodeJS.Timeout;
+  #waiters = new Set<() => void>();
+
+  constructor(options: { shared?: SharedStore; logger: Logger }) {
+    this.#shared = options.shared;
+    this.#logger = options.logger.child({ component: 'shaping' });
+    this.#renewal = setInterval(() => void this.#renew(), LEASE_MS / 3).unref();
+  }
+
+  close(): void {
+    clearInterval(this.#renewal);
+  }
+
+  /** Before a message is forwarded: refused while the provider is paused or over its rate. */
+  async admitMessage(provider: ProviderConfig, egressIp: string): Promise<Outcome | undefined> {
+    const key = `${provider.name}:${egressIp}`;
+    const pause = await this.#pause(key);
+    if (pause && pause.until > Date.now()) {
+      return failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} is paused until ${new Date(pause.until).toISOString()} because ${provider.name} asked the relay to slow down; try again later`);
+    }
+    try {
+      await this.#limiter(provider).consume(key);
+      return undefined;
+    } catch (err) {
+      if (!(err instanceof RateLimiterRes)) throw err;
+      const seconds = Math.ceil(err.msBeforeNext / 1000);
+      return failure('temporary', 451, '4.7.0', `${provider.name} takes at most ${provider.messagesPerMinute} messages a minute from ${egressIp}; that is reached, try again in ${seconds} s`);
+    }
+  }
+
+  /**
+   * A slot for a new session; waits (up to `wait` ms) for one to free up when every slot is
+   * taken, since a session ends every time a transaction does.
+   */
+  async openSession(provider: ProviderConfig, egressIp: string, wait: number): Promise<SessionSlot | Outcome> {
+    const key = `${provider.name}:${egressIp}`;
+    const deadline = Date.now() + wait;
+    for (let pollMs = 25; ; pollMs = Math.min(pollMs * 2, 500)) {
+      const limit = await this.#sessionLimit(provider, key);
+      const slot = limit > 0 ? await this.#acquire(key, limit) : undefined;
+      if (slot) return slot;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const why = limit === 0 ? 'is paused' : `already has ${limit} session${limit === 1 ? '' : 's'} open`;
+        return failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} ${why}; try again later`);
+      }
+      // A slot freed in this process wakes us at once; one freed by another replica, at the next poll.
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          clearTimeout(timer);
+          this.#waiters.delete(wake);
+          resolve();
+        };
+        const timer = setTimeout(wake, Math.min(pollMs, left));
+        this.#waiters.add(wake);
+      });
+    }
+  }
+
+  /** The provider answered with a rate-limit reply: pause it for its back-off period. */
+  async throttled(provider: ProviderConfig, egressIp: string, reply: string): Promise<void> {
+    const key = `${provider.name}:${egressIp}`;
+    const pause: Pause = { until: Date.now() + provider.backoff, successes: 0 };
+    this.#logger.warn({ provider: provider.name, egress: egressIp, until: new Date(pause.until).toISOString(), reply }, 'provider asked to slow down: pausing deliveries to it from this egress');
+    this.#pauses.set(key, pause);
+    await this.#redis((redis) => redis.set(PREFIX + 'pause:' + key, JSON.stringify(pause), 'PX', provider.backoff + RAMP_MEMORY_MS));
+  }
+
+  /** A delivery succeeded: after a pause, each few of them allow one more session. */
+  async delivered(provider: ProviderConfig, egressIp: string): Promise<void> {
+    const key = `${provider.name}:${egressIp}`;
+    const local = this.#pauses.get(key);
+    if (local) local.successes++;
+    if (local && local.successes >= (provider.maxSessions - 1) * RAMP_STEP) this.#pauses.delete(key);
+    await this.#redis(async (redis) => {
+      const text = await redis.get(PREFIX + 'pause:' + key);
+      if (text === null) return;
+      await redis.incr(PREFIX + 'ramp:' + key);
+      await redis.pexpire(PREFIX + 'ramp:' + key, provider.backoff + RAMP_MEMORY_MS);
+    });
+  }
+
+  async #pause(key: string): Promise<Pause | undefined> {
+    const shared = await this.#redis(async (redis) => {
+      const [pause, ramp] = await redis.mget(PREFIX + 'pause:' + key, PREFIX + 'ramp:' + key);
+      if (pause === null) return null;
+      const parsed = JSON.parse(pause) as Pause;
+      return { until: Number(parsed.until), successes: Number(ramp ?? 0) };
+    });
+    return shared === undefined ? this.#pauses.get(key) : (shared ?? undefined);
+  }
+
+  async #sessionLimit(provider: ProviderConfig, key: string): Promise<number> {
+    const pause = await this.#pause(key);
+    if (!pause) return provider.maxSessions;
+    if (pause.until > Date.now()) return 0;
+    return Math.min(provider.maxSessions, 1 + Math.floor(pause.successes / RAMP_STEP));
+  }
+
+  async #acquire(key: string, limit: number): Promise<SessionSlot | undefined> {
+    const id = randomUUID();
+    const now = Date.now();
+    const shared = await this.#redis(async (redis) => (await redis.eval(ACQUIRE, 1, PREFIX + 'sessions:' + key, now, limit, now + LEASE_MS, id, LEASE_MS * 2)) === 1);
+    if (shared === false) return undefined;
+    if (shared === true) {
+      const held = this.#leases.get(key) ?? new Set();
+      held.add(id);
+      this.#leases.set(key, held);
+      return { release: () => this.#release(key, id, held) };
+    }
+    const local = this.#local.get(key) ?? new Set<string>();
+    if (local.size >= limit) return undefined;
+    local.add(id);
+    this.#local.set(key, local);
+    return { release: () => this.#release(key, id, local) };
+  }
+
+  #release(key: string, id: string, held: Set<string>): void {
+    if (!held.delete(id)) return;
+    void this.#redis((redis) => redis.zrem(PREFIX + 'sessions:' + key, id));
+    for (const wake of this.#waiters) wake();
+  }
+
+  async #renew(): Promise<void> {
+    const until = Date.now() + LEASE_MS;
+    for (const [key, ids] of this.#leases) {
+      if (ids.size === 0) continue;
+      await this.#redis((redis) => redis.zadd(PREFIX + 'sessions:' + key, 'XX', ...[...ids].flatMap((id) => [until, id])));
+    }
+  }
+
+  #limiter(provider: ProviderConfig): RateLimiterMemory | RateLimiterRedis {
+    let limiter = this.#limiters.get(provider.name);
+    if (!limiter) {
+      const options = { points: provider.messagesPerMinute, duration: 60, keyPrefix: `${PREFIX}rate` };
+      const memory = new RateLimiterMemory(options);
+      // Redis away: each replica limits on its own until it is back (rate-limiter-flexible's insurance).
+      limiter = this.#shared ? new RateLimiterRedis({ ...options, storeClient: this.#shared.client, insuranceLimiter: memory, rejectIfRedisNotReady: true }) : memory;
+      this.#limiters.set(provider.name, limiter);
+    }
+    return limiter;
+  }
+
+  /** Runs a Redis step; undefined when there is no Redis or it failed (the caller uses its own state). */
+  async #redis<T>(step: (redis: SharedStore['client']) => Promise<T>): Promise<T | undefined> {
+    if (!this.#shared) return undefined;
+    try {
+      return await step(this.#shared.client);
+    } catch (err) {
+      this.#shared.failed(err);
+      return undefined;
+    }
+  }
+}
