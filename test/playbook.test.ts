@@ -167,6 +167,13 @@ describe('reply playbook: classification', () => {
     });
   });
 
+  it('reads Gmail 5.7.40 by its text: a missing DMARC record, not an AUTH refusal', () => {
+    const auth = { code: 535, enhanced: '5.7.40', lines: ['Unrecognized authentication type'] };
+    assert.equal(classifyReply(auth, { mxHost: 'gmail-smtp-in.l.google.com' })?.rule, 'policy');
+    const dmarc = { code: 550, enhanced: '5.7.40', lines: ["The sender domain example.com doesn't have a DMARC record."] };
+    assert.equal(classifyReply(dmarc, { mxHost: 'gmail-smtp-in.l.google.com' })?.rule, 'gmail-no-dmarc-record');
+  });
+
   it('matches Gmail text wrapped over continuation lines, and a 421 whose enhanced code has the wrong class', () => {
     const wrapped = {
       code: 550,
