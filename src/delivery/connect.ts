@@ -3,7 +3,7 @@ import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
-import { failure, type Outcome } from '../proxy/outcome.ts';
+import { failure, type Outcome, type Said } from '../proxy/outcome.ts';
 import { openSession, UpstreamError, formatReply, type UpstreamSession } from '../upstream/index.ts';
 import type { Destination } from './destination.ts';
 
@@ -34,6 +34,8 @@ async function addressesOf(name: string, egress: Egress, resolve: Resolve): Prom
  */
 export async function connectDestination(destination: Destination, egress: Egress, options: ConnectOptions): Promise<Connected | Outcome> {
   const attempts: string[] = [];
+  // The last host that refused the session (greeting or EHLO/HELO): the playbook explains that reply.
+  let refusal: Said | undefined;
   let anyAddress = false;
   for (const hop of destination.hops) {
     let addresses: string[];
@@ -64,6 +66,7 @@ export async function connectDestination(destination: Destination, egress: Egres
         });
         return { session, mxHost: hop.name, mxIp: ip };
       } catch (err) {
+        if (err instanceof UpstreamError && err.reply) refusal = { reply: err.reply, mxHost: hop.name };
         const why = err instanceof UpstreamError && err.reply ? formatReply(err.reply) : (err as Error).message;
         attempts.push(`${hop.name} [${ip}]: ${why}`);
       }
@@ -73,5 +76,5 @@ export async function connectDestination(destination: Destination, egress: Egres
   if (!anyAddress && destination.via === 'implicit' && attempts.every((a) => /ENODATA|ENOTFOUND/.test(a))) {
     return failure('permanent', 550, '5.1.2', `no mail server for ${destination.hops[0].name} (no MX and no address record)`);
   }
-  return failure('temporary', 451, '4.4.1', `no mail server of the destination could be reached (${attempts.join('; ')})`);
+  return failure('temporary', 451, '4.4.1', `no mail server of the destination could be reached (${attempts.join('; ')})`, refusal);
 }

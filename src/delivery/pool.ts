@@ -23,6 +23,8 @@ export interface UpstreamLease {
 interface Idle {
   connected: Connected;
   slot: SessionSlot | undefined;
+  /** `provider:egress` when the session holds a provider's slot. */
+  shapingKey: string | undefined;
   timer: NodeJS.Timeout;
 }
 
@@ -40,6 +42,8 @@ export class UpstreamPool {
   #resolve: Resolve;
   #tls: ConnectionOptions | undefined;
   #closed = false;
+  /** Transactions waiting for a session to go idle or a slot to free. */
+  #waiting = new Set<() => void>();
 
   constructor(options: { shaper: Shaper; resolve: Resolve; tls?: ConnectionOptions }) {
     this.#shaper = options.shaper;
@@ -57,21 +61,32 @@ export class UpstreamPool {
       if (refused) return refused;
     }
     const key = `${destination.key}|${egress.ip}|${egress.helo}`;
-    const idle = await this.#checkout(key);
-    if (idle) return this.#lease(key, idle.connected, idle.slot, provider, true, delivery);
-
+    const shapingKey = provider && `${provider.name}:${egress.ip}`;
+    // Every slot taken: one frees whenever a transaction ends, so wait for that a while
+    // (as long as connecting may take), polling for slots other replicas free.
+    const deadline = Date.now() + delivery.connectTimeout;
     let slot: SessionSlot | undefined;
-    if (provider) {
-      const granted = await this.#shaper.openSession(provider, egress.ip, delivery.connectTimeout);
-      if ('kind' in granted) return granted;
-      slot = granted;
+    for (let pollMs = 25; ; pollMs = Math.min(pollMs * 2, 500)) {
+      const idle = await this.#checkout(key);
+      if (idle) return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, provider, true, delivery);
+      if (!provider) break;
+      const granted = await this.#shaper.trySession(provider, egress.ip);
+      if (!('kind' in granted)) {
+        slot = granted;
+        break;
+      }
+      // A session idle towards another destination of the same provider holds a slot we can use.
+      if (await this.#closeIdleOf(shapingKey!)) continue;
+      const left = deadline - Date.now();
+      if (left <= 0) return granted;
+      await this.#released(Math.min(pollMs, left));
     }
     const connected = await connectDestination(destination, egress, { delivery, resolve: this.#resolve, tls: this.#tls });
     if ('kind' in connected) {
-      slot?.release();
+      this.#free(slot);
       return connected;
     }
-    return this.#lease(key, connected, slot, provider, false, delivery);
+    return this.#lease(key, connected, { slot, shapingKey }, provider, false, delivery);
   }
 
   /** Ends every idle session (shutdown). */
@@ -82,7 +97,14 @@ export class UpstreamPool {
     await Promise.all(all.map((idle) => this.#end(idle.connected, idle.slot, idle.timer)));
   }
 
-  #lease(key: string, connected: Connected, slot: SessionSlot | undefined, provider: ProviderConfig | undefined, reused: boolean, delivery: Config['delivery']): UpstreamLease {
+  #lease(
+    key: string,
+    connected: Connected,
+    { slot, shapingKey }: { slot: SessionSlot | undefined; shapingKey: string | undefined },
+    provider: ProviderConfig | undefined,
+    reused: boolean,
+    delivery: Config['delivery'],
+  ): UpstreamLease {
     let finished = false;
     return {
       connected,
@@ -98,6 +120,7 @@ export class UpstreamPool {
         const entry: Idle = {
           connected,
           slot,
+          shapingKey,
           timer: setTimeout(() => {
             this.#remove(key, entry);
             void this.#end(connected, slot);
@@ -105,6 +128,7 @@ export class UpstreamPool {
         };
         idle.push(entry);
         this.#idle.set(key, idle);
+        this.#wake();
       },
     };
   }
@@ -126,6 +150,41 @@ export class UpstreamPool {
     return undefined;
   }
 
+  /** Ends one idle session holding a slot of `shapingKey`; false when there is none. */
+  async #closeIdleOf(shapingKey: string): Promise<boolean> {
+    for (const [key, idle] of this.#idle) {
+      const entry = idle.find((candidate) => candidate.shapingKey === shapingKey);
+      if (entry) {
+        this.#remove(key, entry);
+        await this.#end(entry.connected, entry.slot, entry.timer);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  #released(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.#waiting.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.#waiting.add(wake);
+    });
+  }
+
+  #wake(): void {
+    for (const wake of this.#waiting) wake();
+  }
+
+  #free(slot: SessionSlot | undefined): void {
+    if (!slot) return;
+    slot.release();
+    this.#wake();
+  }
+
   #remove(key: string, entry: Idle): void {
     const idle = this.#idle.get(key);
     const at = idle?.indexOf(entry) ?? -1;
@@ -134,7 +193,7 @@ export class UpstreamPool {
 
   async #end(connected: Connected, slot: SessionSlot | undefined, timer?: NodeJS.Timeout): Promise<void> {
     if (timer) clearTimeout(timer);
-    slot?.release();
+    this.#free(slot);
     if (!connected.session.closed) await connected.session.quit().catch(() => {});
   }
 }

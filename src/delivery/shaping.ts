@@ -69,7 +69,6 @@ export class Shaper {
   /** Lease ids held in Redis by this process, renewed while their sessions live. */
   #leases = new Map<string, Set<string>>();
   #renewal: NodeJS.Timeout;
-  #waiters = new Set<() => void>();
 
   constructor(options: { shared?: SharedStore; logger: Logger }) {
     this.#shared = options.shared;
@@ -98,33 +97,14 @@ export class Shaper {
     }
   }
 
-  /**
-   * A slot for a new session; waits (up to `wait` ms) for one to free up when every slot is
-   * taken, since a session ends every time a transaction does.
-   */
-  async openSession(provider: ProviderConfig, egressIp: string, wait: number): Promise<SessionSlot | Outcome> {
+  /** A slot for a new session, or why there is none now (paused, or every slot taken). */
+  async trySession(provider: ProviderConfig, egressIp: string): Promise<SessionSlot | Outcome> {
     const key = `${provider.name}:${egressIp}`;
-    const deadline = Date.now() + wait;
-    for (let pollMs = 25; ; pollMs = Math.min(pollMs * 2, 500)) {
-      const limit = await this.#sessionLimit(provider, key);
-      const slot = limit > 0 ? await this.#acquire(key, limit) : undefined;
-      if (slot) return slot;
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        const why = limit === 0 ? 'is paused' : `already has ${limit} session${limit === 1 ? '' : 's'} open`;
-        return failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} ${why}; try again later`);
-      }
-      // A slot freed in this process wakes us at once; one freed by another replica, at the next poll.
-      await new Promise<void>((resolve) => {
-        const wake = () => {
-          clearTimeout(timer);
-          this.#waiters.delete(wake);
-          resolve();
-        };
-        const timer = setTimeout(wake, Math.min(pollMs, left));
-        this.#waiters.add(wake);
-      });
-    }
+    const limit = await this.#sessionLimit(provider, key);
+    const slot = limit > 0 ? await this.#acquire(key, limit) : undefined;
+    if (slot) return slot;
+    const why = limit === 0 ? 'is paused' : `already has ${limit} session${limit === 1 ? '' : 's'} open`;
+    return failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} ${why}; try again later`);
   }
 
   /** The provider answered with a rate-limit reply: pause it for its back-off period. */
@@ -188,7 +168,6 @@ export class Shaper {
   #release(key: string, id: string, held: Set<string>): void {
     if (!held.delete(id)) return;
     void this.#redis((redis) => redis.zrem(PREFIX + 'sessions:' + key, id));
-    for (const wake of this.#waiters) wake();
   }
 
   async #renew(): Promise<void> {

@@ -1,22 +1,33 @@
 import type { Reply } from '../upstream/index.ts';
 
+/** A destination's own refusal behind an outcome, and the MX host that gave it: what the reply playbook reads. */
+export interface Said {
+  reply: Reply;
+  mxHost: string;
+}
+
 /**
  * Every result the client hears. Whether it should retry is part of the type, so a DNS
  * SERVFAIL, a timeout or a lost connection cannot end up as a permanent refusal by mistake.
  */
 export type Outcome =
   | { kind: 'accepted'; reply: Reply }
-  | { kind: 'temporary'; reply: Reply; cause: string }
-  | { kind: 'permanent'; reply: Reply; cause: string };
+  | { kind: 'temporary'; reply: Reply; cause: string; said?: Said }
+  | { kind: 'permanent'; reply: Reply; cause: string; said?: Said };
 
-export function failure(kind: 'temporary' | 'permanent', code: number, enhanced: string, text: string): Outcome {
-  return { kind, reply: { code, enhanced, lines: [text] }, cause: text };
+export function failure(kind: 'temporary' | 'permanent', code: number, enhanced: string, text: string, said?: Said): Outcome {
+  return { kind, reply: { code, enhanced, lines: [text] }, cause: text, ...(said ? { said } : {}) };
 }
 
-/** The outcome a destination's own reply stands for. */
-export function outcomeOf(reply: Reply, cause: string): Outcome {
+/** The outcome a destination's own reply stands for; `said` keeps that reply as given. */
+export function outcomeOf(reply: Reply, cause: string, said?: Said): Outcome {
   if (reply.code < 400) return { kind: 'accepted', reply };
-  return { kind: reply.code < 500 ? 'temporary' : 'permanent', reply, cause };
+  return { kind: reply.code < 500 ? 'temporary' : 'permanent', reply, cause, ...(said ? { said } : {}) };
+}
+
+/** The destination's refusal behind an outcome, if a destination refused. */
+export function saidOf(outcome: Outcome): Said | undefined {
+  return outcome.kind === 'accepted' ? undefined : outcome.said;
 }
 
 /** RFC 3463: when a server gives no enhanced code, the class alone is the honest one. */

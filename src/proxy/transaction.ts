@@ -17,13 +17,13 @@ import {
   type SpfVerdict,
 } from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
-import { resolveDestination, type Connected, type Destination, type Shaper, type UpstreamLease, type UpstreamPool } from '../delivery/index.ts';
+import { classifyReply, resolveDestination, type Classification, type Connected, type Destination, type Shaper, type UpstreamLease, type UpstreamPool } from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
 import type { DeliveryMemo, MemoKey } from './memo.ts';
-import { failure, outcomeOf, type Outcome } from './outcome.ts';
+import { failure, outcomeOf, saidOf, type Outcome } from './outcome.ts';
 import { authorDomain, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
@@ -88,17 +88,30 @@ interface Leg {
   /** Recipients the destination accepted at RCPT. */
   recipients: string[];
   data?: string;
+  /** The playbook on the destination's refusal of the session, MAIL FROM or DATA. */
+  explanation?: Explanation;
 }
 
-/** What became of one recipient at DATA; `said` is the destination's own reply, when it gave one. */
+/** What became of one recipient at DATA. */
 interface LegResult {
   address: string;
   outcome: Outcome;
   remoteMta: string;
-  said?: Reply;
 }
 
-interface RecipientRecord {
+/** What the reply playbook says about a destination's refusal, as the transaction record shows it. */
+type Explanation = Partial<Pick<Classification, 'category' | 'remediation' | 'rule' | 'provider'>>;
+
+/** Explains the destination's own reply behind an outcome; nothing for acceptances and the relay's own answers. */
+function explain(outcome: Outcome | undefined): Explanation {
+  const said = outcome && saidOf(outcome);
+  const classification = said && classifyReply(said.reply, { mxHost: said.mxHost });
+  if (!classification) return {};
+  const { category, remediation, rule, provider } = classification;
+  return { category, remediation, rule, provider };
+}
+
+interface RecipientRecord extends Explanation {
   address: string;
   destination?: string;
   rcpt: string;
@@ -188,12 +201,17 @@ export class Transaction {
    * that destination (RFC 5321 §3.8), so the client hears 451: smtp-server would close the
    * client's own connection on a 421.
    */
-  #said(reply: Reply, who: string, command: string): Outcome {
+  #said(reply: Reply, leg: Leg, command: string): Outcome {
+    const who = this.#who(leg);
     if (reply.code >= 200 && reply.code < 300) return { kind: 'accepted', reply: this.#relayed(reply, who) };
     if (reply.code < 400 || reply.code > 599) {
       return failure('temporary', 451, '4.5.0', `${who} answered ${command} with "${clip(formatReply(reply))}", which is not a valid reply there`);
     }
-    return outcomeOf(this.#relayed(reply.code === 421 ? { ...reply, code: 451 } : reply, who), `${command} refused: ${formatReply(reply)}`);
+    // The reply as given (a 421 still 421, the text unclipped) stays with the outcome for the playbook.
+    const said = { reply, mxHost: leg.connected?.mxHost ?? leg.destination.hops[0].name };
+    const provider = leg.lease?.provider;
+    if (provider && classifyReply(reply, { mxHost: said.mxHost })?.pause) void this.#ctx.shaper.throttled(provider, this.#egress.ip, formatReply(reply));
+    return outcomeOf(this.#relayed(reply.code === 421 ? { ...reply, code: 451 } : reply, who), `${command} refused: ${formatReply(reply)}`, said);
   }
 
   #own(outcome: Outcome): Outcome {
@@ -229,13 +247,17 @@ export class Transaction {
     const lease = await this.#ctx.upstreams.open(destination, this.#egress, this.#ctx.config.delivery);
     if ('kind' in lease) {
       leg.refused = lease;
+      leg.explanation = explain(lease);
       return leg;
     }
     leg.lease = lease;
     const connected = (leg.connected = lease.connected);
     try {
-      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected)), this.#who(leg), 'MAIL FROM');
-      if (mail.kind !== 'accepted') leg.refused = mail;
+      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected)), leg, 'MAIL FROM');
+      if (mail.kind !== 'accepted') {
+        leg.refused = mail;
+        leg.explanation = explain(mail);
+      }
     } catch (err) {
       leg.broken = true;
       leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost after greeting (${(err as Error).message})`);
@@ -255,6 +277,7 @@ export class Transaction {
     this.#recipients.push(record);
     const outcome = await this.#forwardRecipient(address, record);
     record.rcpt = formatReply(outcome.reply);
+    Object.assign(record, explain(outcome));
     record.result = outcome.kind === 'accepted' ? 'accepted' : outcome.kind === 'temporary' ? 'deferred' : 'refused';
     return outcome;
   }
@@ -271,7 +294,7 @@ export class Transaction {
       return this.#own(failure('permanent', 553, '5.6.7', `${this.#who(leg)} does not support SMTPUTF8, needed for <${address}>`));
     }
     try {
-      const outcome = this.#said(await session.rcptTo(address), this.#who(leg), 'RCPT TO');
+      const outcome = this.#said(await session.rcptTo(address), leg, 'RCPT TO');
       if (outcome.kind === 'accepted') leg.recipients.push(address);
       return outcome;
     } catch (err) {
@@ -491,7 +514,7 @@ export class Transaction {
 
     // Mixed classes. RFC 3464: recipients refused for good are reported to the sender by the relay.
     let bounced: Refusal[] = [];
-    const refusals: Refusal[] = permanent.map((r) => ({ address: r.address, reply: r.said ?? r.outcome.reply, remoteMta: r.remoteMta }));
+    const refusals: Refusal[] = permanent.map((r) => ({ address: r.address, reply: saidOf(r.outcome)?.reply ?? r.outcome.reply, remoteMta: r.remoteMta }));
     if (refusals.length && this.#sender === '') {
       bounced = refusals; // RFC 5321 §6.1: never notify about a notification
     } else if (refusals.length) {
@@ -536,25 +559,27 @@ export class Transaction {
       // Some recipients of this destination already have the message: start over with the rest.
       if (pending.length < leg.recipients.length) {
         await session.rset();
-        const mail = await session.mailFrom(this.#sender, this.#mailParams(leg.connected));
-        const mailOutcome = this.#said(mail, who, 'MAIL FROM');
-        if (mailOutcome.kind !== 'accepted') return pending.map((address) => ({ address, outcome: mailOutcome, remoteMta: who, said: mail }));
+        const mailOutcome = this.#said(await session.mailFrom(this.#sender, this.#mailParams(leg.connected)), leg, 'MAIL FROM');
+        if (mailOutcome.kind !== 'accepted') {
+          leg.explanation = explain(mailOutcome);
+          return this.#explained(pending.map((address) => ({ address, outcome: mailOutcome, remoteMta: who })));
+        }
         recipients = [];
         for (const address of pending) {
-          const reply = await session.rcptTo(address);
-          const outcome = this.#said(reply, who, 'RCPT TO');
+          const outcome = this.#said(await session.rcptTo(address), leg, 'RCPT TO');
           if (outcome.kind === 'accepted') recipients.push(address);
-          else results.push({ address, outcome, remoteMta: who, said: reply });
+          else results.push({ address, outcome, remoteMta: who });
         }
-        if (recipients.length === 0) return results;
+        if (recipients.length === 0) return this.#explained(results);
       }
       const reply = await session.data(this.#outgoing(received, message, true));
       leg.data = formatReply(reply);
-      const outcome = this.#said(reply, who, 'DATA');
+      const outcome = this.#said(reply, leg, 'DATA');
+      leg.explanation = explain(outcome);
       if (outcome.kind === 'accepted' && leg.lease?.provider) void this.#ctx.shaper.delivered(leg.lease.provider, this.#egress.ip);
       for (const address of recipients) {
         this.#record(address).data = leg.data;
-        results.push({ address, outcome, remoteMta: who, said: reply });
+        results.push({ address, outcome, remoteMta: who });
       }
     } catch (err) {
       leg.broken = true;
@@ -563,6 +588,12 @@ export class Transaction {
       // Whoever has no result yet (the session may have died in the middle of the RCPTs) is deferred.
       for (const address of pending) if (!results.some((r) => r.address === address)) results.push({ address, outcome, remoteMta: who });
     }
+    return this.#explained(results);
+  }
+
+  /** Each recipient's record gets the playbook's reading of its destination's refusal. */
+  #explained(results: LegResult[]): LegResult[] {
+    for (const r of results) Object.assign(this.#record(r.address), explain(r.outcome));
     return results;
   }
 
@@ -604,6 +635,7 @@ export class Transaction {
       reused: leg.lease?.reused,
       data: leg.data,
       refused: leg.refused ? formatReply(leg.refused.reply) : undefined,
+      ...leg.explanation,
     }));
     this.#logger.info(
       {
@@ -619,6 +651,8 @@ export class Transaction {
         ...data,
         outcome: outcome.kind,
         reply: formatReply(outcome.reply),
+        // When the answer is a destination's own refusal: what it means and what to do.
+        ...explain(outcome),
         ms: Date.now() - this.#started,
       },
       'transaction',

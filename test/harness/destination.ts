@@ -226,6 +226,11 @@ export class Destination {
     });
   }
 
+  /** Drops every open connection without a word, as a server ending idle sessions. */
+  dropConnections(): void {
+    for (const connection of this.#server.connections) connection._socket.destroy();
+  }
+
   close(): Promise<void> {
     this.#closing ??= new Promise<void>((resolve) => {
       for (const waiter of this.#waiters) {

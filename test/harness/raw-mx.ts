@@ -16,7 +16,8 @@ export class RawMx {
     this.#server = server;
   }
 
-  static async start(host: string, port: number, answer: (command: string) => RawAnswer): Promise<RawMx> {
+  /** `greeting`: the reply that opens each session (a provider refusing at connect); 220 by default. */
+  static async start(host: string, port: number, answer: (command: string) => RawAnswer, options: { greeting?: () => string } = {}): Promise<RawMx> {
     let mx: RawMx;
     const server = net.createServer((socket) => {
       let buffer = '';
@@ -24,7 +25,7 @@ export class RawMx {
       mx.#sockets.add(socket);
       socket.on('close', () => mx.#sockets.delete(socket));
       socket.on('error', () => undefined);
-      socket.write('220 raw.test ESMTP\r\n');
+      socket.write(`${options.greeting?.() ?? '220 raw.test ESMTP'}\r\n`);
       /** Sends the reply; returns the line sent, or undefined when the connection was dropped. */
       const reply = (command: string, ordinary: string): string | undefined => {
         mx.log.push(command);

@@ -130,6 +130,11 @@ export class Internet {
     return { servers: [this.dns.address], timeout: '1s', tries: 1, ...(cache && { cache }) };
   }
 
+  /** The relay's `delivery` section for this internet, with `extra` keys over it. */
+  deliverySettings(extra: Record<string, unknown> = {}): Record<string, unknown> {
+    return { port: this.mxPort, connectTimeout: '2s', commandTimeout: '10s', dataTimeout: '20s', ...extra };
+  }
+
   /** A relay config (before validation) pointed at this internet, with `overrides` per top-level key. */
   relayConfig(overrides: Record<string, unknown> = {}): Record<string, unknown> {
     return {
@@ -137,7 +142,7 @@ export class Internet {
       clients: { networks: ['127.0.0.1/32'] },
       egress: this.egress.map((e) => ({ ip: e.ip })),
       dns: this.dnsSettings(),
-      delivery: { port: this.mxPort, connectTimeout: '2s', commandTimeout: '10s', dataTimeout: '20s' },
+      delivery: this.deliverySettings(),
       log: { level: 'info' },
       ...overrides,
     };
