@@ -51,24 +51,28 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
   const keys = loadKeys(config, logger);
   const resolver = createResolver(config.dns, logger);
   const resolve = resolver.resolve;
-  await resolver.ready();
   const egress = new EgressPool(config, resolve, logger);
-  await egress.start();
   const memo = createMemo(config.memo, logger);
   const shared = config.delivery.redis ? connectShared(config.delivery.redis, { timeout: 250, what: 'delivery shaping', logger }) : undefined;
   const shaper = new Shaper({ shared, logger });
   const upstreams = new UpstreamPool({ shaper, resolve, tls: options.upstreamTls });
-  await shared?.ready;
   let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls, upstreams, shaper };
   const inbound = new Inbound(ctx, egress);
-  try {
-    await inbound.listen();
-  } catch (err) {
+  const stop = async () => {
     egress.stop();
+    await upstreams.close();
     await memo.close();
     resolver.close();
     shaper.close();
     shared?.close();
+  };
+  try {
+    await Promise.all([resolver.ready(), memo.ready(), shared?.ready]);
+    await egress.start();
+    await inbound.listen();
+  } catch (err) {
+    // Nothing may stay behind (Redis reconnecting, timers) when start-up fails.
+    await stop();
     throw err;
   }
   return {
@@ -84,12 +88,7 @@ export async function startRelay(config: Config, logger: Logger, options: { upst
     },
     async close() {
       await inbound.close();
-      egress.stop();
-      await upstreams.close();
-      await memo.close();
-      resolver.close();
-      shaper.close();
-      shared?.close();
+      await stop();
     },
   };
 }

@@ -26,6 +26,11 @@ async function resolverFor(server: DnsServer, cache: Record<string, unknown> = {
   return resolver;
 }
 
+/** The shared level is written behind the answer: wait until Redis holds what a replica should find. */
+async function until(exists: () => Promise<number>): Promise<void> {
+  while ((await exists()) === 0) await new Promise((resolve) => setImmediate(resolve));
+}
+
 async function outcome(promise: Promise<unknown>): Promise<unknown> {
   try {
     return { value: await promise };
@@ -43,6 +48,8 @@ describe('DNS answers, cached or not, are what node gives', () => {
     dns.add('all.test', { type: 'A', data: '127.0.0.7' })
       .add('all.test', { type: 'A', data: '127.0.0.8' })
       .add('all.test', { type: 'AAAA', data: '2001:db8::1' })
+      .add('v6.test', { type: 'AAAA', data: '::ffff:1.2.3.4' })
+      .add('v6.test', { type: 'AAAA', data: '2001:0:0:1::1' })
       .add('all.test', { type: 'MX', data: { preference: 20, exchange: 'mx2.all.test' } })
       .add('all.test', { type: 'MX', data: { preference: 10, exchange: 'mx1.all.test' } })
       .add('all.test', { type: 'NS', data: 'ns1.all.test' })
@@ -50,6 +57,7 @@ describe('DNS answers, cached or not, are what node gives', () => {
       .add('all.test', { type: 'TXT', data: ['two', 'strings'] })
       .add('all.test', { type: 'TXT', data: `v=DKIM1; k=rsa; p=${'A'.repeat(600)}` })
       .add('alias.all.test', { type: 'CNAME', data: 'all.test' })
+      .add('dot.test', { type: 'A', data: '127.0.0.9' })
       .add('nomail.test', { type: 'MX', data: { preference: 0, exchange: '.' } })
       .addPtr('127.0.0.7', 'host.all.test')
       .fault('broken.test', '*', 'servfail')
@@ -65,6 +73,7 @@ describe('DNS answers, cached or not, are what node gives', () => {
     const relay = await resolverFor(dns, { redis: redis.url });
     // Empty in-process level, same Redis: what another replica gets.
     const replica = await resolverFor(dns, { redis: redis.url });
+    const shared = new Redis(redis.port, '127.0.0.1');
     const questions: [string, string][] = [
       ['all.test', 'A'],
       ['all.test', 'AAAA'],
@@ -73,11 +82,14 @@ describe('DNS answers, cached or not, are what node gives', () => {
       ['all.test', 'TXT'],
       ['alias.all.test', 'A'],
       ['alias.all.test', 'CNAME'],
-      ['ALL.test.', 'MX'],
+      ['Dot.Test.', 'A'],
+      ['v6.test', 'AAAA'],
       ['7.0.0.127.in-addr.arpa', 'PTR'],
       ['nomail.test', 'MX'],
       ['missing.test', 'A'],
       ['all.test', 'PTR'],
+      ['a..test', 'A'],
+      [`${'x'.repeat(64)}.test`, 'TXT'],
       ['broken.test', 'TXT'],
       ['silent.test', 'A'],
     ];
@@ -85,17 +97,21 @@ describe('DNS answers, cached or not, are what node gives', () => {
       for (const [name, type] of questions) {
         const expected = await outcome(node.resolve(name, type));
         assert.deepEqual(await outcome(relay.resolve(name, type)), expected, `${type} ${name} uncached`);
+        const key = `hygiene-relay:dns:v1:${type}:${name.toLowerCase().replace(/\.$/, '')}`;
+        if (!('error' in (expected as object)) || /ENOTFOUND|ENODATA/.test(JSON.stringify(expected))) await until(() => shared.exists(key));
         assert.deepEqual(await outcome(relay.resolve(name, type)), expected, `${type} ${name} from the in-process cache`);
         assert.deepEqual(await outcome(replica.resolve(name, type)), expected, `${type} ${name} from Redis`);
       }
-      const codes = await Promise.all(questions.slice(-4).map(async ([name, type]) => ((await outcome(relay.resolve(name, type))) as { error: { code: string } }).error.code));
-      assert.deepEqual(codes, ['ENOTFOUND', 'ENODATA', 'ESERVFAIL', 'ETIMEOUT']);
+      const codes = await Promise.all(questions.slice(-6).map(async ([name, type]) => ((await outcome(relay.resolve(name, type))) as { error: { code: string } }).error.code));
+      assert.deepEqual(codes, ['ENOTFOUND', 'ENODATA', 'EBADNAME', 'EBADNAME', 'ESERVFAIL', 'ETIMEOUT']);
       // Only the answers were shared: the replica asked DNS again for the errors alone.
-      assert.equal(dns.count('all.test', 'MX'), 3, 'node twice (ALL.test. again), the relay once');
+      assert.equal(dns.count('all.test', 'MX'), 2, 'node once, the relay once, the replica from Redis');
+      assert.equal(dns.count('dot.test', 'A'), 2, 'Dot.Test. is dot.test: node once, the relay once');
       assert.equal(dns.count('broken.test', 'TXT'), 5, 'node once, the relay three times, the replica once');
     } finally {
       relay.close();
       replica.close();
+      shared.disconnect();
     }
   });
 
@@ -212,6 +228,10 @@ describe('Redis trouble never stops a lookup', () => {
       assert.deepEqual(await relay.resolve('stalled.test', 'A'), ['127.0.0.4']);
       await assert.rejects(relay.resolve('missing.test', 'A'), { code: 'ENOTFOUND' });
       assert.equal(logs.records.filter((r) => r.msg === OUTAGE).length, 1);
+      // A stall never drops the connection: the first command that works again ends the outage.
+      redis.resume();
+      await relay.resolve('after.test', 'A').catch(() => undefined);
+      assert.ok(logs.records.some((r) => r.msg === 'DNS cache: Redis is back'));
     } finally {
       redis.resume();
       relay.close();

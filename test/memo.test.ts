@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/index.ts';
 import { createLogger } from '../src/observability/index.ts';
+import { createMemo } from '../src/proxy/index.ts';
 import { startRelay, type Relay } from '../src/relay.ts';
 import { RedisServer } from './harness/redis.ts';
 import { send } from './harness/send.ts';
@@ -45,5 +46,27 @@ describe('delivery memo in Redis, shared by replicas', () => {
       assert.equal(result.data?.code, 250);
     }
     assert.equal(world.logs.records.filter((r) => r.msg === 'delivery memo: Redis unavailable, carrying on without it until it is back').length, 1);
+  });
+});
+
+describe('delivery memo on a Redis Cluster', () => {
+  it('one message’s keys share a slot, so what one replica records the other finds', async () => {
+    const nodes = await RedisServer.cluster();
+    const settings = parseConfig({ egress: [{ ip: '127.0.0.2' }], memo: { redis: { cluster: nodes.map((node) => `127.0.0.1:${node.port}`) } } }).memo;
+    const logs = new LogCapture();
+    const [first, second] = [createMemo(settings, createLogger('info', logs)), createMemo(settings, createLogger('info', logs))];
+    try {
+      await Promise.all([first.ready(), second.ready()]);
+      const keys = ['bob@gmail.test', 'carol@outlook.test', 'dave@example.test'].map((recipient) => ({ message: 'a'.repeat(64), sender: 'alice@example.test', recipient }));
+      await first.record([
+        { key: keys[0], state: 'delivered' },
+        { key: keys[1], state: 'bounced' },
+      ]);
+      assert.deepEqual(await second.lookup(keys), ['delivered', 'bounced', undefined]);
+      assert.deepEqual(logs.records.filter((r) => r.level === 'warn'), []);
+    } finally {
+      await Promise.all([first.close(), second.close()]);
+      await Promise.all(nodes.map((node) => node.kill()));
+    }
   });
 });

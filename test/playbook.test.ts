@@ -49,7 +49,9 @@ describe('reply playbook: every reply of the table, played by a destination', ()
   };
 
   before(async () => {
-    world = await World.start({ destinations: [] });
+    // Every example needs a session of its own (some play at the greeting), and the pause a
+    // throttling example triggers in shaping would hold up the examples after it.
+    world = await World.start({ destinations: [], config: (internet) => ({ delivery: internet.deliverySettings({ pool: { maxIdle: 0 }, providers: {} }) }) });
     for (const [name, mx] of Object.entries(MX) as [MxName, (typeof MX)[MxName]][]) {
       world.dns.add(mx.domain, { type: 'MX', data: { preference: 10, exchange: mx.host } });
       world.dns.add(mx.host, { type: 'A', data: mx.ip });
@@ -149,6 +151,7 @@ describe('reply playbook: classification', () => {
       permanence: 'permanent',
       remediation: "The recipient's mailbox is full: reach the recipient another way.",
       rule: 'mailbox-full',
+      pause: false,
     });
     const spamhaus = { code: 554, enhanced: '5.7.1', lines: ['Service unavailable; Client host [203.0.113.10] blocked using zen.spamhaus.org'] };
     assert.equal(classifyReply(spamhaus)?.rule, 'blocklist');
@@ -158,11 +161,13 @@ describe('reply playbook: classification', () => {
   it("skips other providers' rules behind a known provider, and names the provider on generic rules", () => {
     const tss04 = { code: 421, enhanced: '4.7.0', lines: ['[TSS04] Messages from 203.0.113.10 temporarily deferred due to unexpected volume or user complaints'] };
     assert.equal(classifyReply(tss04)?.rule, 'yahoo-tss04');
+    assert.equal(classifyReply(tss04)?.pause, true, 'Yahoo asks to cut the volume: shaping pauses it');
     assert.deepEqual(classifyReply(tss04, { mxHost: 'gmail-smtp-in.l.google.com' }), {
       category: 'tls-policy',
       permanence: 'temporary',
       remediation: playbook.rules.find((r) => r.id === 'policy-deferred')!.remediation,
       rule: 'policy-deferred',
+      pause: false,
       provider: 'gmail',
     });
   });
@@ -188,6 +193,7 @@ describe('reply playbook: classification', () => {
       permanence: 'temporary',
       remediation: playbook.rules.find((r) => r.id === 'gmail-not-aligned')!.remediation,
       rule: 'gmail-not-aligned',
+      pause: false,
       provider: 'gmail',
     });
   });

@@ -50,8 +50,10 @@ const port = z.number().int().min(1).max(65535);
 /** `host`, `host:port`, `[v6]` or `[v6]:port`, as node's `setServers` takes them. */
 function parseServer(text: string): { host: string; port: number } | undefined {
   const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(text);
-  if (bracketed) return net.isIPv6(bracketed[1]) ? { host: bracketed[1], port: Number(bracketed[2] ?? 53) } : undefined;
-  if (net.isIPv6(text)) return { host: text, port: 53 };
+  // IPv6 in its canonical text, the form replies are compared against.
+  const v6 = (address: string) => new net.SocketAddress({ address, family: 'ipv6' }).address;
+  if (bracketed) return net.isIPv6(bracketed[1]) ? { host: v6(bracketed[1]), port: Number(bracketed[2] ?? 53) } : undefined;
+  if (net.isIPv6(text)) return { host: v6(text), port: 53 };
   const [host, port, extra] = text.split(':');
   if (extra !== undefined || !net.isIPv4(host) || (port !== undefined && !/^\d{1,5}$/.test(port))) return undefined;
   return { host, port: Number(port ?? 53) };

@@ -62,6 +62,7 @@ class SharedLevel {
       this.#store.failed(err);
       return undefined;
     }
+    this.#store.succeeded();
     if (text === null) return undefined;
     const entry = this.#decode(text, type);
     if (!entry && !this.#warnedGarbage) {
@@ -160,8 +161,12 @@ export class DnsCache {
       const shared = await this.#shared.get(key, type);
       if (shared && shared.expires > Date.now()) {
         this.#count('redis', type, 'hit');
-        this.#memory.set(key, shared, { ttl: shared.expires - Date.now() });
-        return shared;
+        // Bounded here too: another replica's clock, or a stray entry, must not pin an answer for long.
+        const limit = 'records' in shared ? this.#settings.maxTtl : this.#settings.negativeTtl;
+        const ttl = Math.min(shared.expires - Date.now(), limit);
+        const entry = { ...shared, expires: Date.now() + ttl };
+        this.#memory.set(key, entry, { ttl });
+        return entry;
       }
       this.#count('redis', type, 'miss');
     }
@@ -174,8 +179,9 @@ export class DnsCache {
       entry = { records: answer.records, expires: Date.now() + ttl };
     } catch (err) {
       if (!(err instanceof DnsLookupError) || (err.code !== 'ENOTFOUND' && err.code !== 'ENODATA')) throw err;
-      // RFC 2308 §5: the zone's SOA says how long a negative answer holds; negativeTtl caps it.
-      ttl = Math.min(Math.max((err.negativeTtl ?? Infinity) * 1000, minTtl), negativeTtl);
+      // RFC 2308 §5: the zone's SOA says how long a negative answer holds (without one, it
+      // is not kept at all); negativeTtl caps it.
+      ttl = err.negativeTtl === undefined ? 0 : Math.min(Math.max(err.negativeTtl * 1000, minTtl), negativeTtl);
       entry = { code: err.code, expires: Date.now() + ttl };
     }
     if (ttl > 0) {

@@ -45,7 +45,7 @@ export class DnsLookupError extends Error {
   readonly hostname: string;
   readonly syscall: string;
   /** Seconds, from the SOA in the authority section (RFC 2308 §5); only for ENOTFOUND/ENODATA. */
-  readonly negativeTtl: number | undefined;
+  declare readonly negativeTtl: number | undefined;
 
   constructor(code: string, hostname: string, rrtype: string, negativeTtl?: number) {
     const syscall = `query${rrtype[0]}${rrtype.slice(1).toLowerCase()}`;
@@ -53,7 +53,8 @@ export class DnsLookupError extends Error {
     this.code = code;
     this.hostname = hostname;
     this.syscall = syscall;
-    this.negativeTtl = negativeTtl;
+    // Not enumerable: the error looks like node's to anyone who inspects it.
+    Object.defineProperty(this, 'negativeTtl', { value: negativeTtl });
   }
 }
 
@@ -67,12 +68,23 @@ const RCODE_ERRORS: Record<number, string> = { 1: 'EFORMERR', 2: 'ESERVFAIL', 3:
 /** Errors worth asking the next server (or the same one again) about. */
 const RETRYABLE = new Set(['ESERVFAIL', 'EREFUSED', 'ETIMEOUT', 'ECONNREFUSED', 'EFORMERR', 'ENOTIMP']);
 
+/** Lower case, without the final dot; the root is the empty name. */
+function canonicalName(name: string): string {
+  return name === '.' ? '' : name.toLowerCase().replace(/\.$/, '');
+}
+
+/** RFC 1035 §2.3.4: labels of 1 to 63 octets, 253 in all (255 on the wire). */
+function validName(name: string): boolean {
+  if (name === '') return true;
+  return Buffer.byteLength(name) <= 253 && name.split('.').every((label) => label.length > 0 && Buffer.byteLength(label) <= 63);
+}
+
 function question(name: string, type: CachedType): Packet {
   return {
     type: 'query',
     id: randomInt(0x10000),
     flags: dnsPacket.RECURSION_DESIRED,
-    questions: [{ type, name, class: 'IN' }],
+    questions: [{ type, name: canonicalName(name), class: 'IN' }],
     additionals: [{ type: 'OPT', name: '.', udpPayloadSize: EDNS_PAYLOAD, extendedRcode: 0, ednsVersion: 0, flags: 0, flag_do: false, options: [] }],
   };
 }
@@ -87,7 +99,7 @@ function answers(reply: Packet, query: Packet): boolean {
     !!asked &&
     !!echoed &&
     echoed.type === asked.type &&
-    echoed.name.toLowerCase() === asked.name.toLowerCase()
+    canonicalName(echoed.name) === asked.name
   );
 }
 
@@ -102,8 +114,11 @@ function failure(code: string, message: string): NodeJS.ErrnoException {
 function exchange(timeout: number, start: (settle: (err: Error | null, packet?: Packet) => void) => () => void): Promise<Packet> {
   return new Promise((resolve, reject) => {
     let release = () => {};
+    let settled = false;
     const timer = setTimeout(() => settle(failure('ETIMEOUT', 'timeout')), timeout);
     function settle(err: Error | null, packet?: Packet) {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       release();
       if (err) reject(err);
@@ -130,7 +145,8 @@ function overUdp(server: NameServer, message: Buffer, query: Packet, timeout: nu
       }
       if (answers(packet, query)) settle(null, packet);
     });
-    socket.send(message, server.port, server.host);
+    // Connected, so the kernel reports a closed port at once (ICMP) and filters other sources.
+    socket.connect(server.port, server.host, () => socket.send(message));
     return () => socket.close();
   });
 }
@@ -177,6 +193,9 @@ function value(record: ResourceRecord): RecordValue {
       const chunks = Array.isArray(record.data) ? record.data : [record.data];
       return chunks.map((chunk) => (typeof chunk === 'string' ? chunk : chunk.toString('latin1')));
     }
+    case 'AAAA':
+      // RFC 5952 text, as inet_ntop gives it to node (dns-packet writes ::ffff:102:304).
+      return new net.SocketAddress({ address: String(record.data), family: 'ipv6' }).address;
     default:
       return String(record.data);
   }
@@ -190,7 +209,7 @@ function extract(reply: Packet, name: string, type: CachedType): WireAnswer {
   }
   // Follow the CNAME chain from the question (the answer section may carry it, RFC 1034 §3.6.2).
   const all = records(reply.answers);
-  let owner = name.toLowerCase().replace(/\.$/, '');
+  let owner = canonicalName(name);
   let ttl = Infinity;
   for (let hops = 0; type !== 'CNAME' && hops < 8; hops++) {
     const alias = all.find((record) => record.type === 'CNAME' && record.name.toLowerCase() === owner);
@@ -209,6 +228,8 @@ function extract(reply: Packet, name: string, type: CachedType): WireAnswer {
  * negative; the last error otherwise (ETIMEOUT, ESERVFAIL…), as node's resolver would.
  */
 export async function lookup(name: string, type: CachedType, options: WireOptions): Promise<WireAnswer> {
+  // A name no server could be asked about (an SPF include from an untrusted record): at once.
+  if (!validName(canonicalName(name))) throw new DnsLookupError('EBADNAME', name, type);
   const query = question(name, type);
   const message = dnsPacket.encode(query);
   let last: DnsLookupError = new DnsLookupError('ECONNREFUSED', name, type);

@@ -23,6 +23,8 @@ export interface MemoKey {
 export interface DeliveryMemo {
   lookup(keys: MemoKey[]): Promise<(MemoState | undefined)[]>;
   record(entries: { key: MemoKey; state: MemoState }[]): Promise<void>;
+  /** Settles once a shared memo connected or failed to; start-up waits for it. */
+  ready(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -53,6 +55,8 @@ class LocalMemo implements DeliveryMemo {
     for (const entry of entries) this.#entries.set(digest(entry.key), entry.state);
   }
 
+  async ready() {}
+
   async close() {}
 }
 
@@ -62,7 +66,12 @@ class LocalMemo implements DeliveryMemo {
  * another replica during an outage may then duplicate, which is better than losing mail).
  */
 class RedisMemo implements DeliveryMemo {
-  static readonly prefix = 'hygiene-relay:memo:v1:';
+  static readonly prefix = 'hygiene-relay:memo:v2:';
+
+  /** The message's hash as a hash tag: one message's keys share a Cluster slot, so MGET and the pipeline work there. */
+  static key(key: MemoKey): string {
+    return `${RedisMemo.prefix}{${key.message}}:${digest(key)}`;
+  }
   #shared: SharedStore;
   #local: LocalMemo;
   #ttl: number;
@@ -77,7 +86,8 @@ class RedisMemo implements DeliveryMemo {
     const local = await this.#local.lookup(keys);
     if (keys.length === 0) return local;
     try {
-      const shared = await this.#shared.client.mget(keys.map((key) => RedisMemo.prefix + digest(key)));
+      const shared = await this.#shared.client.mget(keys.map((key) => RedisMemo.key(key)));
+      this.#shared.succeeded();
       return shared.map((value, i) => (value === 'delivered' || value === 'bounced' ? value : local[i]));
     } catch (err) {
       this.#shared.failed(err);
@@ -90,11 +100,18 @@ class RedisMemo implements DeliveryMemo {
     if (entries.length === 0) return;
     try {
       const pipeline = this.#shared.client.pipeline();
-      for (const entry of entries) pipeline.set(RedisMemo.prefix + digest(entry.key), entry.state, 'PX', this.#ttl);
-      await pipeline.exec();
+      for (const entry of entries) pipeline.set(RedisMemo.key(entry.key), entry.state, 'PX', this.#ttl);
+      // exec() resolves even when the commands failed: each result carries its own error.
+      const failed = (await pipeline.exec())?.find(([err]) => err)?.[0];
+      if (failed) throw failed;
+      this.#shared.succeeded();
     } catch (err) {
       this.#shared.failed(err);
     }
+  }
+
+  ready() {
+    return this.#shared.ready;
   }
 
   async close() {

@@ -13,6 +13,8 @@ export interface SharedStore {
   ready: Promise<void>;
   /** Call on every failed command: the first failure of an outage logs one warning. */
   failed(err: unknown): void;
+  /** Call after a command worked: ends an outage that never dropped the connection (a stall). */
+  succeeded(): void;
   close(): void;
 }
 
@@ -58,14 +60,15 @@ export function connectShared(settings: RedisSettings, options: { timeout: numbe
     if (!down) logger.warn({ err: err instanceof Error ? err.message : String(err) }, `${options.what}: Redis unavailable, carrying on without it until it is back`);
     down = true;
   };
-  client.on('error', failed);
-  client.on('ready', () => {
+  const succeeded = () => {
     if (down) logger.info(`${options.what}: Redis is back`);
     down = false;
-  });
+  };
+  client.on('error', failed);
+  client.on('ready', succeeded);
   const ready = new Promise<void>((resolve) => {
     client.once('ready', resolve);
     client.once('error', () => resolve());
   });
-  return { client, ready, failed, close: () => client.disconnect() };
+  return { client, ready, failed, succeeded, close: () => client.disconnect() };
 }
