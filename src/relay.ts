@@ -1,6 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
+import { MtaSts } from './delivery/index.ts';
 import { createResolver } from './dns/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound } from './inbound/index.ts';
@@ -40,14 +41,24 @@ function loadKeys(config: Config, logger: Logger): KeyRing {
   return keys;
 }
 
+/** For tests: what a deployment takes from the system (trusted CAs, the MTA-STS port 443). */
+export interface RelayTestOptions {
+  /** Extra TLS options for upstream STARTTLS; its `ca` is also what MTA-STS policy hosts must chain to. */
+  upstreamTls?: ConnectionOptions;
+  /** The port MTA-STS policies are fetched from instead of 443. */
+  mtaStsPort?: number;
+}
+
 /** Wires the parts together from one validated config: the composition root of the relay. */
-export async function startRelay(config: Config, logger: Logger, options: { upstreamTls?: ConnectionOptions } = {}): Promise<Relay> {
+export async function startRelay(config: Config, logger: Logger, options: RelayTestOptions = {}): Promise<Relay> {
   const keys = loadKeys(config, logger);
   const resolve = createResolver(config.dns);
   const egress = new EgressPool(config, resolve, logger);
   await egress.start();
   const memo = createMemo(config.memo, logger);
-  let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls };
+  // Kept across reloads: cached policies stay valid whatever the configuration says.
+  const mtaSts = new MtaSts({ resolve, ca: options.upstreamTls?.ca, port: options.mtaStsPort });
+  let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls, mtaSts };
   const inbound = new Inbound(ctx, egress);
   try {
     await inbound.listen();

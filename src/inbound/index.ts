@@ -196,14 +196,21 @@ export class Inbound {
     }
     const egress = this.#egress.select();
     if (!egress) {
-      return failure('temporary', 451, '4.3.5', 'no egress identity verifies (strict mode): check the PTR and A records of the egress addresses');
+      return failure('temporary', 451, '4.3.5', 'no egress identity verifies (needed in strict mode, and always for an IPv6 one): check the PTR and A/AAAA records of the egress addresses');
     }
     const params = (args || {}) as Record<string, string | boolean>;
     const transaction = new Transaction(
       this.#ctx,
       { address: session.remoteAddress, helo: session.hostNameAppearsAs, user: client.user, secure: session.secure, senderDomains: client.senderDomains },
       sender,
-      { size: params.SIZE ? Number(params.SIZE) : undefined, body: typeof params.BODY === 'string' ? params.BODY.toUpperCase() : undefined, smtputf8: Boolean(params.SMTPUTF8) },
+      {
+        size: params.SIZE ? Number(params.SIZE) : undefined,
+        body: typeof params.BODY === 'string' ? params.BODY.toUpperCase() : undefined,
+        smtputf8: Boolean(params.SMTPUTF8),
+        // smtp-server offers REQUIRETLS only over TLS and refuses it otherwise. RFC 8689 §4.2.1
+        // applies it to mail with a return path: a bounce carries no such requirement.
+        requireTls: params.REQUIRETLS === true && sender !== '',
+      },
       egress,
     );
     const spf = await transaction.checkSender();

@@ -17,7 +17,7 @@ import {
   type SpfVerdict,
 } from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
-import { connectDestination, resolveDestination, type Connected, type Destination } from '../delivery/index.ts';
+import { connectDestination, resolveDestination, type Connected, type Destination, type MtaSts } from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
@@ -39,6 +39,8 @@ export interface RelayContext {
   logger: Logger;
   /** Extra TLS options for upstream STARTTLS (tests trust their CA through this). */
   upstreamTls?: ConnectionOptions;
+  /** MTA-STS policies of recipient domains, cached across transactions. */
+  mtaSts?: MtaSts;
 }
 
 export interface ClientInfo {
@@ -55,6 +57,8 @@ export interface MailParams {
   size?: number;
   body?: string;
   smtputf8?: boolean;
+  /** RFC 8689 REQUIRETLS: every hop must use verified TLS and take the requirement on. */
+  requireTls?: boolean;
 }
 
 /** The message once DATA is complete: where it is kept, its header section, its signatures. */
@@ -202,18 +206,20 @@ export class Transaction {
   async #route(domain: string): Promise<Destination | Outcome> {
     let routing = this.#routing.get(domain);
     if (!routing) {
-      routing = resolveDestination(domain, this.#ctx.config.delivery, this.#ctx.resolve);
+      routing = resolveDestination(domain, this.#ctx.config.delivery, this.#ctx.resolve, { mtaSts: this.#ctx.mtaSts, requireTls: this.#params.requireTls });
       this.#routing.set(domain, routing);
     }
     return routing;
   }
 
-  #mailParams(leg: Connected): Record<string, string> {
+  #mailParams(connected: Connected, destination: Destination): Record<string, string> {
     const params: Record<string, string> = {};
-    const offered = leg.session.extensions;
+    const offered = connected.session.extensions;
     if (this.#params.size && offered.has('SIZE')) params.SIZE = String(this.#params.size);
     if (this.#params.body && offered.has('8BITMIME')) params.BODY = this.#params.body;
     if (this.#params.smtputf8 && offered.has('SMTPUTF8')) params.SMTPUTF8 = '';
+    // connectDestination made sure the session offers it (RFC 8689 §4.2.1).
+    if (destination.tls.requireTls) params.REQUIRETLS = '';
     return params;
   }
 
@@ -226,8 +232,14 @@ export class Transaction {
       return leg;
     }
     leg.connected = connected;
+    if (connected.wouldFail) {
+      this.#logger.warn(
+        { id: this.id, destination: destination.label, mxHost: connected.mxHost, mtaSts: destination.tls.mtaSts, wouldFail: connected.wouldFail },
+        'MTA-STS testing: delivering, but the policy in enforce mode would not allow it',
+      );
+    }
     try {
-      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected)), this.#who(leg), 'MAIL FROM');
+      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected, destination)), this.#who(leg), 'MAIL FROM');
       if (mail.kind !== 'accepted') leg.refused = mail;
     } catch (err) {
       leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost after greeting (${(err as Error).message})`);
@@ -527,7 +539,7 @@ export class Transaction {
       // Some recipients of this destination already have the message: start over with the rest.
       if (pending.length < leg.recipients.length) {
         await session.rset();
-        const mail = await session.mailFrom(this.#sender, this.#mailParams(leg.connected));
+        const mail = await session.mailFrom(this.#sender, this.#mailParams(leg.connected, leg.destination));
         const mailOutcome = this.#said(mail, who, 'MAIL FROM');
         if (mailOutcome.kind !== 'accepted') return pending.map((address) => ({ address, outcome: mailOutcome, remoteMta: who, said: mail }));
         recipients = [];
@@ -585,13 +597,22 @@ export class Transaction {
   #log(outcome: Outcome, data: { size?: number; messageId?: string; dkim?: Signature[] | string; sha256?: string; spooledToDisk?: boolean; dataMs?: number }): void {
     if (this.#finished) return;
     this.#finished = true;
-    const upstream = [...this.#legs.values()].map((leg) => ({
-      destination: leg.destination.key,
-      mxHost: leg.connected?.mxHost,
-      mxIp: leg.connected?.mxIp,
-      tls: leg.connected?.session.tls ?? null,
-      data: leg.data,
-      refused: leg.refused ? formatReply(leg.refused.reply) : undefined,
+    const upstream = [...this.#legs.values()].map(({ destination, connected, data, refused }) => ({
+      destination: destination.key,
+      mxHost: connected?.mxHost,
+      mxIp: connected?.mxIp,
+      // What TLS the destination needed (who demanded verified TLS, MTA-STS, REQUIRETLS) and what the session had.
+      tlsPolicy: {
+        required: destination.tls.requiredBy.length ? destination.tls.requiredBy : undefined,
+        requireTls: destination.tls.requireTls || undefined,
+        mtaSts: destination.tls.mtaSts ? { mode: destination.tls.mtaSts.mode, id: destination.tls.mtaSts.id } : undefined,
+        wouldFail: connected?.wouldFail,
+      },
+      tls: connected?.session.tls ?? null,
+      auth: connected?.authUser,
+      skipped: connected?.skipped.length ? connected.skipped : undefined,
+      data,
+      refused: refused ? formatReply(refused.reply) : undefined,
     }));
     this.#logger.info(
       {
