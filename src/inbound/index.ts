@@ -132,6 +132,9 @@ export class Inbound {
       disableReverseLookup: true,
       socketTimeout: config.limits.clientTimeout,
       hideENHANCEDSTATUSCODES: false,
+      // RFC 8689: offered over TLS; a transaction that asks for it goes on only over verified
+      // TLS to hosts that take it on (delivery/connect.ts), or is refused with 5.7.30.
+      hideREQUIRETLS: false,
       logger: false,
       onAuth: (auth, session, callback) => {
         this.#clients.authenticate(auth.username ?? '', auth.password ?? '').then(
@@ -184,7 +187,9 @@ export class Inbound {
       this.#transactions.delete(session.id);
       await previous.abort('client started a new transaction');
     }
-    const client = this.#clients.client(session.remoteAddress, session.user === undefined ? undefined : String(session.user));
+    // smtp-server sets `user` to false (not undefined) once STARTTLS resets the session: only
+    // a non-empty value means the client authenticated.
+    const client = this.#clients.client(session.remoteAddress, session.user ? String(session.user) : undefined);
     if (!client) {
       return this.#clients.hasUsers
         ? failure('permanent', 530, '5.7.0', `authentication required: ${session.remoteAddress} is not in a trusted network`)

@@ -73,6 +73,17 @@ export class PolicyServer {
     return this;
   }
 
+  /** Makes the policy file unreachable (404) while the TXT record stays: a broken policy host. */
+  breakFile(domain: string): this {
+    this.#policies.delete(`mta-sts.${domain}`);
+    return this;
+  }
+
+  /** How many times the policy of `domain` was fetched. */
+  fetches(domain: string): number {
+    return this.requests.filter((r) => r.startsWith(`mta-sts.${domain} `)).length;
+  }
+
   #context(servername: string): Promise<tls.SecureContext> {
     let context = this.#contexts.get(servername);
     if (!context) {
