@@ -315,7 +315,8 @@ export class Destination {
       tlsProtocol: this.#tlsProtocols.get(session.id),
       envelope,
       connectionId: session.id,
-      ...(session.user !== undefined ? { user: String(session.user) } : {}),
+      // smtp-server leaves `user` false, not undefined, when nobody authenticated.
+      ...(session.user ? { user: String(session.user) } : {}),
     };
     // smtp-server destroys the stream when the client goes away; a listener keeps that quiet.
     stream.on('error', () => undefined);
