@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { createResolver } from '../src/dns/index.ts';
-import { MemoryPolicyCache, MtaSts } from '../src/delivery/index.ts';
+import { parseConfig } from '../src/config/index.ts';
+import { MemoryPolicyCache, MtaSts, resolveDestination } from '../src/delivery/index.ts';
 import { RawClient } from './harness/client.ts';
 import { DnsServer } from './harness/dns-server.ts';
 import { PolicyServer } from './harness/mta-sts.ts';
@@ -14,7 +15,7 @@ type LogRecord = Record<string, unknown>;
 interface UpstreamRecord {
   destination: string;
   mxHost?: string;
-  tlsPolicy: { required?: string[]; requireTls?: boolean; mtaSts?: { mode: string; id: string }; wouldFail?: string[] };
+  tlsPolicy: { required?: string[]; requireTls?: boolean; mtaSts?: { mode: string; id: string; excluded?: string[] }; wouldFail?: string[] };
   tls: { version: string; cipher: string; authorized: boolean; authorizationError?: string } | null;
   skipped?: string[];
   refused?: string;
@@ -145,7 +146,7 @@ describe('TLS policy per destination domain', () => {
     assert.equal(world.host('mx2.enforce.test').received.length, 1);
     const [upstream] = (await recordFor(world, 'bob@enforce.test')).upstream;
     assert.equal(upstream.mxHost, 'mx2.enforce.test');
-    assert.deepEqual(upstream.tlsPolicy.mtaSts, { mode: 'enforce', id: '1' });
+    assert.deepEqual(upstream.tlsPolicy.mtaSts, { mode: 'enforce', id: '1', excluded: ['mx1.enforce.test'] });
     assert.deepEqual(upstream.tlsPolicy.required, ['MTA-STS enforce (id 1)']);
     assert.equal(upstream.tls!.authorized, true);
   });
@@ -184,7 +185,7 @@ describe('TLS policy per destination domain', () => {
     assert.equal((await send(world.port, 'alice@example.test', ['dave@enforce.test'], message({ to: 'dave@enforce.test' }))).data?.code, 250);
     assert.equal(policies.fetches('enforce.test'), Math.max(before, 1) + 1);
     const [upstream] = (await recordFor(world, 'dave@enforce.test')).upstream;
-    assert.deepEqual(upstream.tlsPolicy.mtaSts, { mode: 'enforce', id: '2' });
+    assert.deepEqual(upstream.tlsPolicy.mtaSts, { mode: 'enforce', id: '2', excluded: ['mx1.enforce.test'] });
   });
 
   it('keeps domains with different policies on different sessions even when they share the MX host', async () => {
@@ -305,6 +306,22 @@ describe('MTA-STS policy cache', () => {
     assert.deepEqual(await sts.lookup('nothing.test'), {});
     policies.publish('withdrawn.test', { mode: 'none', mx: [] });
     assert.equal((await sts.lookup('withdrawn.test')).policy?.mode, 'none');
+  });
+
+  it('is not consulted when delivery.mtaSts is false, except for a REQUIRETLS transaction', async () => {
+    dns.add('off.test', { type: 'MX', data: { preference: 10, exchange: 'mx.off.test' } });
+    policies.publish('off.test', { mode: 'enforce', mx: ['mx.elsewhere.test'] });
+    const resolve = createResolver({ servers: [dns.address], timeout: 1000, tries: 1 });
+    const sts = mtaSts({ now: Date.now() });
+    const delivery = (mtaStsOn: boolean) => parseConfig({ egress: [{ ip: '127.0.0.2' }], delivery: { mtaSts: mtaStsOn } }).delivery;
+    const on = await resolveDestination('off.test', delivery(true), resolve, { mtaSts: sts });
+    assert.ok('kind' in on && on.kind === 'temporary');
+    assert.match(on.reply.lines[0], /no MX host of off\.test \(mx\.off\.test\) is allowed by its MTA-STS policy/);
+    const off = await resolveDestination('off.test', delivery(false), resolve, { mtaSts: sts });
+    assert.ok(!('kind' in off));
+    assert.equal(off.key, 'mx:mx.off.test:25|tls=opportunistic');
+    const requireTls = await resolveDestination('off.test', delivery(false), resolve, { mtaSts: sts, requireTls: true });
+    assert.ok('kind' in requireTls && requireTls.reply.enhanced === '4.7.5');
   });
 
   it('does not trust a policy host whose certificate does not verify', async () => {

@@ -21,8 +21,8 @@ export interface TlsPolicy {
   requiredBy: string[];
   /** RFC 8689: the next hop must offer REQUIRETLS, and MAIL FROM carries it. */
   requireTls: boolean;
-  /** The MTA-STS policy that applied (mode enforce or testing). */
-  mtaSts?: { mode: 'enforce' | 'testing'; id: string; mx: string[] };
+  /** The MTA-STS policy that applied (mode enforce or testing), and the MX hosts it ruled out. */
+  mtaSts?: { mode: 'enforce' | 'testing'; id: string; mx: string[]; excluded?: string[] };
 }
 
 /** Credentials for a route's smarthost (RFC 4954). */
@@ -141,6 +141,7 @@ export async function resolveDestination(domain: string, config: Config['deliver
       if (allowed.length === 0) {
         return failure('temporary', 451, '4.7.5', `no MX host of ${domain} (${exchanges.join(', ')}) is allowed by its MTA-STS policy (id ${policy.id}, mx: ${policy.mx.join(', ')})`);
       }
+      if (allowed.length < hops.length) mtaSts.excluded = hops.filter((hop) => !allowed.includes(hop)).map((hop) => hop.name);
       hops = allowed;
       if (policy.mode === 'enforce') requiredBy.push(`MTA-STS enforce (id ${policy.id})`);
     } else {

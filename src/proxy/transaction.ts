@@ -605,7 +605,7 @@ export class Transaction {
       tlsPolicy: {
         required: destination.tls.requiredBy.length ? destination.tls.requiredBy : undefined,
         requireTls: destination.tls.requireTls || undefined,
-        mtaSts: destination.tls.mtaSts ? { mode: destination.tls.mtaSts.mode, id: destination.tls.mtaSts.id } : undefined,
+        mtaSts: destination.tls.mtaSts ? { mode: destination.tls.mtaSts.mode, id: destination.tls.mtaSts.id, excluded: destination.tls.mtaSts.excluded } : undefined,
         wouldFail: connected?.wouldFail,
       },
       tls: connected?.session.tls ?? null,
