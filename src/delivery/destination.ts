@@ -54,7 +54,7 @@ export interface RoutingOptions {
 }
 
 /** Route and `delivery.tls.required` patterns: `*` (every domain), `*.x` (subdomains of x), or a domain. */
-export function matchesDomain(pattern: string, domain: string): boolean {
+function matchesDomain(pattern: string, domain: string): boolean {
   const p = pattern.toLowerCase();
   if (p === '*') return true;
   if (p.startsWith('*.')) return domain.endsWith(p.slice(1));
