@@ -1,7 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
-import { Shaper, UpstreamPool } from './delivery/index.ts';
+import { MtaSts, Shaper, SharedPolicyCache, UpstreamPool } from './delivery/index.ts';
 import { createResolver, type CacheCount } from './dns/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound } from './inbound/index.ts';
@@ -46,17 +46,27 @@ function loadKeys(config: Config, logger: Logger): KeyRing {
   return keys;
 }
 
+/** For tests: what a deployment takes from the system (trusted CAs, the MTA-STS port 443). */
+export interface RelayTestOptions {
+  /** Extra TLS options for upstream STARTTLS; its `ca` is also what MTA-STS policy hosts must chain to. */
+  upstreamTls?: ConnectionOptions;
+  /** The port MTA-STS policies are fetched from instead of 443. */
+  mtaStsPort?: number;
+}
+
 /** Wires the parts together from one validated config: the composition root of the relay. */
-export async function startRelay(config: Config, logger: Logger, options: { upstreamTls?: ConnectionOptions } = {}): Promise<Relay> {
+export async function startRelay(config: Config, logger: Logger, options: RelayTestOptions = {}): Promise<Relay> {
   const keys = loadKeys(config, logger);
   const resolver = createResolver(config.dns, logger);
   const resolve = resolver.resolve;
   const egress = new EgressPool(config, resolve, logger);
   const memo = createMemo(config.memo, logger);
-  const shared = config.delivery.redis ? connectShared(config.delivery.redis, { timeout: 250, what: 'delivery shaping', logger }) : undefined;
+  const shared = config.delivery.redis ? connectShared(config.delivery.redis, { timeout: 250, what: 'delivery state (shaping, MTA-STS policies)', logger }) : undefined;
   const shaper = new Shaper({ shared, logger });
   const upstreams = new UpstreamPool({ shaper, resolve, tls: options.upstreamTls });
-  let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls, upstreams, shaper };
+  // Kept across reloads: cached policies stay valid whatever the configuration says.
+  const mtaSts = new MtaSts({ resolve, ca: options.upstreamTls?.ca, port: options.mtaStsPort, cache: shared && new SharedPolicyCache(shared) });
+  let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls, upstreams, shaper, mtaSts };
   const inbound = new Inbound(ctx, egress);
   const stop = async () => {
     egress.stop();

@@ -20,6 +20,8 @@ describe('configuration', () => {
     assert.equal(example.limits.maxMessageSize, 50 * 1024 * 1024);
     assert.equal(example.memo.ttl, 5 * 86_400_000);
     assert.deepEqual(example.clients.users[0].senderDomains, ['example.com']);
+    assert.equal(example.delivery.mtaSts, true);
+    assert.ok(example.delivery.routes.some((route) => route.auth && route.tls === 'required'));
     loadConfig(path.join(root, 'config/demo.yaml'));
   });
 
@@ -46,6 +48,28 @@ describe('configuration', () => {
     assert.throws(() => dns({ cache: { redis: 'localhost:6379' } }), /dns\.cache\.redis: must be a redis:\/\/ or rediss:\/\/ URL/);
     assert.throws(() => dns({ cache: { redis: { cluster: ['10.0.0.5'] } } }), /dns\.cache\.redis: must be a redis:\/\/ URL, \{sentinels/);
     assert.throws(() => dns({ cache: { minTtl: '2h' } }), /dns\.cache: minTtl must not exceed maxTtl/);
+  });
+
+  it('checks TLS policy and route settings, and never repeats a password in an error', () => {
+    const base = { egress: [{ ip: '203.0.113.10' }] };
+    const delivery = parseConfig({ ...base, delivery: { tls: { required: ['Bank.Example', '*.gov.example'] } } }).delivery;
+    assert.deepEqual(delivery.tls.required, ['bank.example', '*.gov.example']);
+    assert.equal(delivery.mtaSts, true);
+    assert.throws(() => parseConfig({ ...base, delivery: { tls: { required: ['bank example'] } } }), /delivery\.tls\.required\[0\]: must be a domain, \*\.domain or \*/);
+    assert.throws(() => parseConfig({ ...base, delivery: { routes: [{ domains: ['*'], host: 'smtp.isp.example', tls: 'verify' }] } }), /delivery\.routes\[0\]\.tls: /);
+    assert.throws(
+      () => parseConfig({ ...base, delivery: { routes: [{ domains: ['*'], host: 'smtp.isp.example', auth: { user: 'u', password: 'hunter2', passwordFile: '/x' } }] } }),
+      (err: Error) => /delivery\.routes\[0\]\.auth: give exactly one of password and passwordFile/.test(err.message) && !err.message.includes('hunter2'),
+    );
+    assert.throws(
+      () => parseConfig({ ...base, delivery: { routes: [{ domains: ['*'], host: 'smtp.isp.example', auth: { user: 'u', passwordFile: path.join(dir, 'missing') } }] } }),
+      /delivery\.routes\[0\]\.auth\.passwordFile: cannot read .*missing: ENOENT/,
+    );
+    const file = path.join(dir, 'smarthost.password');
+    writeFileSync(file, 's3cret\n');
+    const [route] = parseConfig({ ...base, delivery: { routes: [{ domains: ['*'], host: 'smtp.isp.example', port: 587, tls: 'required', auth: { user: 'u', passwordFile: file } }] } }).delivery.routes;
+    assert.deepEqual(route.auth, { user: 'u', password: 's3cret', allowCleartext: false });
+    assert.equal(route.tls, 'required');
   });
 
   it('makes `start` exit 2 with one line naming the key when the file is wrong', async () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/index.ts';
 import { uncachedResolver } from '../src/dns/index.ts';
-import { IdentityError, verifyEgress } from '../src/identity/index.ts';
+import { EgressPool, IdentityError, verifyEgress } from '../src/identity/index.ts';
 import { createLogger } from '../src/observability/index.ts';
 import { startRelay } from '../src/relay.ts';
 import { DnsServer } from './harness/dns-server.ts';
@@ -41,6 +41,38 @@ describe('egress identity', () => {
     const mismatch = await verifyEgress({ ip: '127.0.0.2', helo: 'mail.example.test' }, resolve());
     assert.equal(mismatch.verified, false);
     assert.match(mismatch.problem!, /PTR of 127\.0\.0\.2 is good\.example\.test, not the configured HELO mail\.example\.test/);
+  });
+});
+
+describe('IPv6 egress', () => {
+  let dns: DnsServer;
+  before(async () => {
+    dns = await DnsServer.start();
+    dns.addPtr('127.0.0.2', 'v4.example.test');
+    dns.addPtr('2001:db8::10', 'v6.example.test');
+    // A PTR whose name has no AAAA back to the address: Gmail refuses such an IPv6 sender.
+    dns.addPtr('2001:db8::20', 'v6-unconfirmed.example.test', { forward: false });
+  });
+  after(async () => dns.close());
+
+  async function pool(egress: string[], strict = false): Promise<EgressPool> {
+    const config = parseConfig({ egress: egress.map((ip) => ({ ip })), strict, dns: { servers: [dns.address] } });
+    const egressPool = new EgressPool(config, uncachedResolver(config.dns), createLogger('silent'));
+    await egressPool.check(true);
+    return egressPool;
+  }
+
+  it('never uses an IPv6 identity that does not verify, even outside strict mode', async () => {
+    assert.equal((await pool(['2001:db8::20', '127.0.0.2'])).select()?.ip, '127.0.0.2');
+    assert.equal((await pool(['2001:db8::20'])).select(), undefined);
+    // An unverified IPv4 identity is still usable outside strict mode (with a warning at start).
+    assert.equal((await pool(['2001:db8::20', '127.0.0.77'])).select()?.ip, '127.0.0.77');
+  });
+
+  it('prefers IPv4 when both verify, and uses a verified IPv6 identity alone', async () => {
+    assert.equal((await pool(['2001:db8::10', '127.0.0.2'])).select()?.ip, '127.0.0.2');
+    const v6 = (await pool(['2001:db8::10'], true)).select();
+    assert.deepEqual(v6 && [v6.ip, v6.helo, v6.verified], ['2001:db8::10', 'v6.example.test', true]);
   });
 });
 

@@ -85,6 +85,14 @@ describe('client authorization: never an open relay', () => {
     assert.match(received.message.toString(), /with ESMTPSA id /);
   });
 
+  it('relays for a client from a trusted network that used STARTTLS without AUTH', async () => {
+    const before = delivered();
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: world.port, requireTLS: true, tls: { ca, servername: 'relay.test' } });
+    const info = await transport.sendMail({ envelope: { from: 'alice@example.test', to: ['bob@gmail.test'] }, raw: message() });
+    assert.match(info.response, /^250 /);
+    assert.equal(delivered(), before + 1);
+  });
+
   it('closes the connection after three failed AUTH attempts', async () => {
     const { client } = await RawClient.connect(world.port, { localAddress: OUTSIDER });
     await client.command('EHLO guesser.invalid');

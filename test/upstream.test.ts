@@ -827,3 +827,90 @@ describe('session against scripted servers', () => {
     }
   });
 });
+
+describe('required STARTTLS and AUTH', () => {
+  test("starttls 'required' without STARTTLS on offer: QUIT, and nothing else", async () => {
+    const raw = await startRaw(basicScript());
+    try {
+      const err = await rejectsWith(openSession(options(raw.port, { starttls: 'required', hostname: 'mx.example.org' })), 'tls');
+      assert.match(err.message, /mx\.example\.org does not offer STARTTLS/);
+      assert.deepEqual(raw.conns[0].lines, ['EHLO relay.example.org', 'QUIT']);
+    } finally {
+      await raw.close();
+    }
+  });
+
+  test("starttls 'required' and STARTTLS refused with 454: QUIT instead of plain text", async () => {
+    const raw = await startRaw((line, conn) => {
+      if (/^EHLO /.test(line)) conn.send('250-mx.test\r\n250 STARTTLS\r\n');
+      else if (line === 'STARTTLS') conn.send('454 4.7.0 TLS not available\r\n');
+    });
+    try {
+      const err = await rejectsWith(openSession(options(raw.port, { starttls: 'required' })), 'tls');
+      assert.match(err.message, /refused STARTTLS: 454 4\.7\.0 TLS not available/);
+      assert.deepEqual(raw.conns[0].lines, ['EHLO relay.example.org', 'STARTTLS', 'QUIT']);
+    } finally {
+      await raw.close();
+    }
+  });
+
+  test('verify: a self-signed certificate ends the session before the second EHLO', async () => {
+    const commands: string[] = [];
+    const smtp = await startSmtp({
+      onMailFrom(address, _session, callback) {
+        commands.push(address.address);
+        callback();
+      },
+    });
+    try {
+      const err = await rejectsWith(openSession(options(smtp.port, { starttls: 'required', verify: true, hostname: 'localhost' })), 'tls');
+      assert.match(err.message, /certificate of localhost not verified \(DEPTH_ZERO_SELF_SIGNED_CERT/);
+      const trusted = await openSession(options(smtp.port, { starttls: 'required', verify: true, hostname: 'localhost', tlsOptions: { ca: cert } }));
+      assert.equal(trusted.tls?.authorized, true);
+      await trusted.quit();
+      assert.deepEqual(commands, []);
+    } finally {
+      await smtp.close();
+    }
+  });
+
+  for (const method of ['PLAIN', 'LOGIN'] as const) {
+    test(`AUTH ${method} over TLS, refused credentials come back as the server's reply`, async () => {
+      const attempts: string[] = [];
+      const smtp = await startSmtp({
+        disabledCommands: [],
+        authMethods: [method],
+        onAuth(auth, _session, callback) {
+          attempts.push(`${auth.method} ${auth.username} ${auth.password}`);
+          if (auth.password === 'right') callback(null, { user: auth.username });
+          else callback(smtpError(535, '5.7.8 Authentication credentials invalid'));
+        },
+      });
+      try {
+        const session = await openSession(options(smtp.port, { starttls: 'required' }));
+        assert.equal((await session.auth('relay', 'wrong')).code, 535);
+        assert.equal((await session.auth('relay', 'right')).code, 235);
+        await session.quit();
+        assert.deepEqual(attempts, [`${method} relay wrong`, `${method} relay right`]);
+      } finally {
+        await smtp.close();
+      }
+    });
+  }
+
+  test('AUTH is never sent without TLS unless allowed', async () => {
+    const raw = await startRaw((line, conn) => {
+      if (/^EHLO /.test(line)) conn.send('250-raw.test\r\n250 AUTH=PLAIN\r\n');
+      else if (/^AUTH PLAIN /.test(line)) conn.send('235 2.7.0 OK\r\n');
+    });
+    try {
+      const session = await openSession(options(raw.port));
+      await rejectsWith(session.auth('relay', 'secret'), 'protocol');
+      assert.equal((await session.auth('relay', 'secret', { allowCleartext: true })).code, 235);
+      await session.quit();
+      assert.deepEqual(raw.conns[0].lines, ['EHLO relay.example.org', `AUTH PLAIN ${Buffer.from('\0relay\0secret').toString('base64')}`, 'QUIT']);
+    } finally {
+      await raw.close();
+    }
+  });
+});

@@ -1,4 +1,5 @@
 import { getServers } from 'node:dns';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { z } from 'zod';
 
@@ -133,10 +134,51 @@ const egress = z.strictObject({
   helo: z.union([z.literal('auto'), hostname]).default('auto'),
 });
 
+/** Recipient domains: `*` (every domain), `*.example.com` (its subdomains), or `example.com`. */
+const domainPattern = z
+  .string()
+  .refine((value) => value === '*' || hostname.safeParse(value.replace(/^\*\./, '')).success, { message: 'must be a domain, *.domain or *' })
+  .transform((value) => value.toLowerCase().replace(/\.$/, ''));
+
+const routeAuth = z
+  .strictObject({
+    user: z.string().min(1),
+    /** The password itself, or */
+    password: z.string().min(1).optional(),
+    /** a file holding it (a mounted secret); read at start and on reload, one trailing newline dropped. */
+    passwordFile: z.string().min(1).optional(),
+    /** Send the credentials even when the smarthost offers no TLS. */
+    allowCleartext: z.boolean().default(false),
+  })
+  .transform((auth, ctx) => {
+    if ((auth.password === undefined) === (auth.passwordFile === undefined)) {
+      ctx.addIssue({ code: 'custom', message: 'give exactly one of password and passwordFile' });
+      return z.NEVER;
+    }
+    let password = auth.password;
+    if (auth.passwordFile !== undefined) {
+      try {
+        password = readFileSync(auth.passwordFile, 'utf8').replace(/\r?\n$/, '');
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: `cannot read ${auth.passwordFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+        return z.NEVER;
+      }
+      if (!password) {
+        ctx.addIssue({ code: 'custom', path: ['passwordFile'], message: `${auth.passwordFile} is empty` });
+        return z.NEVER;
+      }
+    }
+    return { user: auth.user, password: password!, allowCleartext: auth.allowCleartext };
+  });
+
 const route = z.strictObject({
-  domains: z.array(z.string().min(1)).min(1),
+  domains: z.array(domainPattern).min(1),
   host: z.string().min(1),
   port: port.default(25),
+  /** `required`: STARTTLS with a certificate valid for `host`, else 451 4.7.5 and nothing is sent. */
+  tls: z.enum(['opportunistic', 'required']).default('opportunistic'),
+  /** AUTH (PLAIN or LOGIN, as the host offers) before MAIL FROM: an ISP smarthost. */
+  auth: routeAuth.optional(),
 });
 
 const provider = z.strictObject({
@@ -238,6 +280,14 @@ export const configSchema = z.strictObject({
       connectTimeout: duration.prefault('30s'),
       commandTimeout: duration.prefault('5m'),
       dataTimeout: duration.prefault('10m'),
+      tls: z
+        .strictObject({
+          /** Recipient domains whose mail goes only over STARTTLS with a certificate valid for the MX name. */
+          required: z.array(domainPattern).default([]),
+        })
+        .prefault({}),
+      /** Honour the MTA-STS policies (RFC 8461) that recipient domains publish. */
+      mtaSts: z.boolean().default(true),
       routes: z.array(route).default([]),
       /** Upstream sessions kept open between transactions, per destination and egress. */
       pool: z

@@ -5,13 +5,19 @@ import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { failure, type Outcome, type Said } from '../proxy/outcome.ts';
 import { openSession, UpstreamError, formatReply, type UpstreamSession } from '../upstream/index.ts';
-import type { Destination } from './destination.ts';
+import type { Destination, HopAuth, NextHop } from './destination.ts';
 
 /** An open session to one host of a destination, and which host it is. */
 export interface Connected {
   session: UpstreamSession;
   mxHost: string;
   mxIp: string;
+  /** Hosts tried before this one and not used, each with the reason. */
+  skipped: string[];
+  /** MTA-STS testing mode: why enforce mode would not have delivered here (RFC 8461 §5: deliver, and report). */
+  wouldFail?: string[];
+  /** The user the session authenticated as (a route with AUTH). */
+  authUser?: string;
 }
 
 export interface ConnectOptions {
@@ -27,15 +33,50 @@ async function addressesOf(name: string, egress: Egress, resolve: Resolve): Prom
   return resolve(name, net.isIPv6(egress.bind) ? 'AAAA' : 'A');
 }
 
+/** What MTA-STS enforce mode would have objected to in this session (RFC 8461 §4, §5). */
+function enforceObjections(hop: NextHop, session: UpstreamSession): string[] | undefined {
+  const objections: string[] = [];
+  if (hop.outsidePolicy) objections.push(`${hop.name} is not an MX host of the policy`);
+  const tls = session.tls;
+  if (!tls) objections.push('no TLS (STARTTLS not offered)');
+  else if (!tls.authorized) {
+    objections.push(`certificate not verified (${tls.authorizationError ?? 'unknown reason'}${tls.certificateNames ? `; it names ${tls.certificateNames}` : ''})`);
+  }
+  return objections.length ? objections : undefined;
+}
+
+/** RFC 4954 AUTH with the route's credentials; a refusal is the route's problem, so the client hears 4xx and retries. */
+async function authenticate(connected: Connected, auth: HopAuth, destination: Destination): Promise<Outcome | undefined> {
+  const where = `${destination.label} at ${connected.mxHost} [${connected.mxIp}]`;
+  try {
+    const reply = await connected.session.auth(auth.user, auth.password, { allowCleartext: auth.allowCleartext });
+    if (reply.code === 235) return undefined;
+    await connected.session.quit();
+    return failure('temporary', 451, '4.7.0', `${where} refused AUTH as ${auth.user}: ${formatReply(reply)}; fix the user or password of that route`);
+  } catch (err) {
+    connected.session.close();
+    return failure('temporary', 451, '4.7.0', `${where}: AUTH as ${auth.user} failed (${(err as Error).message})`);
+  }
+}
+
 /**
  * Tries each host of the destination in order, and each of its addresses, until one greets
- * (RFC 5321 §5.1: a host that cannot be reached, or refuses the session, means the next).
- * Only when every host failed is the recipient deferred: `451 4.4.1`.
+ * (RFC 5321 §5.1: a host that cannot be reached, or refuses the session, means the next)
+ * and meets the destination's TLS policy: when verified TLS is required, a host without
+ * STARTTLS, with a failed handshake or with a certificate that does not verify for its name
+ * gets nothing but QUIT, and the next host is tried. Only when every host failed is the
+ * recipient deferred: `451 4.7.5` when TLS was the reason, `451 4.4.1` otherwise.
  */
 export async function connectDestination(destination: Destination, egress: Egress, options: ConnectOptions): Promise<Connected | Outcome> {
+  const { tls: policy, auth } = destination;
+  const verify = policy.requiredBy.length > 0;
+  // Credentials go only over TLS unless the route allows otherwise: a host without it is of no use.
+  const starttls = verify || (auth && !auth.allowCleartext) ? 'required' : 'opportunistic';
   const attempts: string[] = [];
   // The last host that refused the session (greeting or EHLO/HELO): the playbook explains that reply.
   let refusal: Said | undefined;
+  let tlsFailures = 0;
+  let withoutRequireTls = 0;
   let anyAddress = false;
   for (const hop of destination.hops) {
     let addresses: string[];
@@ -47,14 +88,16 @@ export async function connectDestination(destination: Destination, egress: Egres
     }
     anyAddress ||= addresses.length > 0;
     for (const ip of addresses) {
+      let session: UpstreamSession;
       try {
-        const session = await openSession({
+        session = await openSession({
           host: ip,
           port: hop.port,
           hostname: hop.name,
           localAddress: egress.bind,
           helo: egress.helo,
-          starttls: 'opportunistic',
+          starttls,
+          verify,
           tlsOptions: options.tls,
           timeouts: {
             connect: options.delivery.connectTimeout,
@@ -64,17 +107,47 @@ export async function connectDestination(destination: Destination, egress: Egres
             dataDone: options.delivery.dataTimeout,
           },
         });
-        return { session, mxHost: hop.name, mxIp: ip };
       } catch (err) {
-        if (err instanceof UpstreamError && err.reply) refusal = { reply: err.reply, mxHost: hop.name };
-        const why = err instanceof UpstreamError && err.reply ? formatReply(err.reply) : (err as Error).message;
+        if (err instanceof UpstreamError && err.reply && err.kind !== 'tls') refusal = { reply: err.reply, mxHost: hop.name };
+        const why = err instanceof UpstreamError && err.reply && err.kind !== 'tls' ? formatReply(err.reply) : (err as Error).message;
         attempts.push(`${hop.name} [${ip}]: ${why}`);
+        if (starttls === 'required' && err instanceof UpstreamError && err.kind === 'tls') tlsFailures++;
+        continue;
       }
+      // RFC 8689 §4.2.1: REQUIRETLS mail goes only to a host that takes the requirement on.
+      if (policy.requireTls && !session.extensions.has('REQUIRETLS')) {
+        await session.quit();
+        attempts.push(`${hop.name} [${ip}]: does not offer REQUIRETLS`);
+        withoutRequireTls++;
+        continue;
+      }
+      const connected: Connected = { session, mxHost: hop.name, mxIp: ip, skipped: attempts };
+      if (policy.mtaSts?.mode === 'testing') {
+        const objections = enforceObjections(hop, session);
+        if (objections) connected.wouldFail = objections;
+      }
+      if (auth) {
+        const refused = await authenticate(connected, auth, destination);
+        if (refused) return refused;
+        connected.authUser = auth.user;
+      }
+      return connected;
     }
   }
+  const tried = attempts.join('; ');
   // An implicit MX (RFC 5321 §5.1) whose name has no address: nothing will ever accept the mail.
   if (!anyAddress && destination.via === 'implicit' && attempts.every((a) => /ENODATA|ENOTFOUND/.test(a))) {
     return failure('permanent', 550, '5.1.2', `no mail server for ${destination.hops[0].name} (no MX and no address record)`);
   }
-  return failure('temporary', 451, '4.4.1', `no mail server of the destination could be reached (${attempts.join('; ')})`, refusal);
+  // RFC 8689 §5: 5.7.30 when no host takes REQUIRETLS on; the sender learns its requirement cannot be met.
+  if (withoutRequireTls > 0 && withoutRequireTls === attempts.length) {
+    return failure('permanent', 550, '5.7.30', `REQUIRETLS support required: no mail server of ${destination.label} offers it (${tried})`);
+  }
+  if (tlsFailures + withoutRequireTls > 0) {
+    const demand = verify
+      ? `needs TLS with a certificate that verifies for the server's name (${policy.requiredBy.join(', ')})`
+      : 'gets its credentials only over TLS';
+    return failure('temporary', 451, '4.7.5', `${destination.label} ${demand}, and no server provided it; nothing was sent (${tried})`);
+  }
+  return failure('temporary', 451, '4.4.1', `no mail server of the destination could be reached (${tried})`, refusal);
 }

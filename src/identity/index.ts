@@ -128,8 +128,14 @@ export class EgressPool {
     this.#current = next;
   }
 
-  /** The egress for a new transaction, or undefined when strict mode leaves none usable. */
+  /**
+   * The egress for a new transaction, or undefined when none is usable. An IPv6 identity is
+   * used only when it verifies, in any mode: Gmail refuses IPv6 senders whose PTR does not
+   * resolve back. IPv4 comes first, because an IPv6 egress reaches only destinations with
+   * AAAA records (connectDestination asks for the egress's own family).
+   */
   select(): Egress | undefined {
-    return this.#current.find((egress) => egress.verified || !this.#config.strict);
+    const usable = this.#current.filter((egress) => egress.verified || (!this.#config.strict && !net.isIPv6(egress.ip)));
+    return usable.find((egress) => !net.isIPv6(egress.ip)) ?? usable[0];
   }
 }

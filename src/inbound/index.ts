@@ -132,6 +132,9 @@ export class Inbound {
       disableReverseLookup: true,
       socketTimeout: config.limits.clientTimeout,
       hideENHANCEDSTATUSCODES: false,
+      // RFC 8689: offered over TLS; a transaction that asks for it goes on only over verified
+      // TLS to hosts that take it on (delivery/connect.ts), or is refused with 5.7.30.
+      hideREQUIRETLS: false,
       logger: false,
       onAuth: (auth, session, callback) => {
         this.#clients.authenticate(auth.username ?? '', auth.password ?? '').then(
@@ -184,7 +187,9 @@ export class Inbound {
       this.#transactions.delete(session.id);
       await previous.abort('client started a new transaction');
     }
-    const client = this.#clients.client(session.remoteAddress, session.user === undefined ? undefined : String(session.user));
+    // smtp-server sets `user` to false (not undefined) once STARTTLS resets the session: only
+    // a non-empty value means the client authenticated.
+    const client = this.#clients.client(session.remoteAddress, session.user ? String(session.user) : undefined);
     if (!client) {
       return this.#clients.hasUsers
         ? failure('permanent', 530, '5.7.0', `authentication required: ${session.remoteAddress} is not in a trusted network`)
@@ -196,14 +201,21 @@ export class Inbound {
     }
     const egress = this.#egress.select();
     if (!egress) {
-      return failure('temporary', 451, '4.3.5', 'no egress identity verifies (strict mode): check the PTR and A records of the egress addresses');
+      return failure('temporary', 451, '4.3.5', 'no egress identity verifies (needed in strict mode, and always for an IPv6 one): check the PTR and A/AAAA records of the egress addresses');
     }
     const params = (args || {}) as Record<string, string | boolean>;
     const transaction = new Transaction(
       this.#ctx,
       { address: session.remoteAddress, helo: session.hostNameAppearsAs, user: client.user, secure: session.secure, senderDomains: client.senderDomains },
       sender,
-      { size: params.SIZE ? Number(params.SIZE) : undefined, body: typeof params.BODY === 'string' ? params.BODY.toUpperCase() : undefined, smtputf8: Boolean(params.SMTPUTF8) },
+      {
+        size: params.SIZE ? Number(params.SIZE) : undefined,
+        body: typeof params.BODY === 'string' ? params.BODY.toUpperCase() : undefined,
+        smtputf8: Boolean(params.SMTPUTF8),
+        // smtp-server offers REQUIRETLS only over TLS and refuses it otherwise. RFC 8689 §4.2.1
+        // applies it to mail with a return path: a bounce carries no such requirement.
+        requireTls: params.REQUIRETLS === true && sender !== '',
+      },
       egress,
     );
     const spf = await transaction.checkSender();

@@ -89,8 +89,8 @@ export async function sendStatusNotification(ctx: RelayContext, egress: Egress, 
   const logger = ctx.logger.child({ id: input.id, component: 'status-notification' });
   const bounceRoute = ctx.config.delivery.bounceRoute;
   const destination = bounceRoute
-    ? routeDestination(bounceRoute)
-    : await resolveDestination(input.sender.slice(input.sender.lastIndexOf('@') + 1).toLowerCase(), ctx.config.delivery, ctx.resolve);
+    ? routeDestination(bounceRoute, `bounce route (${bounceRoute.host}:${bounceRoute.port})`)
+    : await resolveDestination(input.sender.slice(input.sender.lastIndexOf('@') + 1).toLowerCase(), ctx.config.delivery, ctx.resolve, { mtaSts: ctx.mtaSts });
   if ('kind' in destination) {
     logger.warn({ sender: input.sender }, 'status notification not sent: no route to the sender');
     return false;

@@ -17,7 +17,17 @@ import {
   type SpfVerdict,
 } from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
-import { classifyReply, resolveDestination, type Classification, type Connected, type Destination, type Shaper, type UpstreamLease, type UpstreamPool } from '../delivery/index.ts';
+import {
+  classifyReply,
+  resolveDestination,
+  type Classification,
+  type Connected,
+  type Destination,
+  type MtaSts,
+  type Shaper,
+  type UpstreamLease,
+  type UpstreamPool,
+} from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
@@ -42,6 +52,8 @@ export interface RelayContext {
   /** Upstream sessions, kept between transactions, and the per-provider limits on them. */
   upstreams: UpstreamPool;
   shaper: Shaper;
+  /** MTA-STS policies of recipient domains, cached across transactions. */
+  mtaSts?: MtaSts;
 }
 
 export interface ClientInfo {
@@ -58,6 +70,8 @@ export interface MailParams {
   size?: number;
   body?: string;
   smtputf8?: boolean;
+  /** RFC 8689 REQUIRETLS: every hop must use verified TLS and take the requirement on. */
+  requireTls?: boolean;
 }
 
 /** The message once DATA is complete: where it is kept, its header section, its signatures. */
@@ -226,18 +240,20 @@ export class Transaction {
   async #route(domain: string): Promise<Destination | Outcome> {
     let routing = this.#routing.get(domain);
     if (!routing) {
-      routing = resolveDestination(domain, this.#ctx.config.delivery, this.#ctx.resolve);
+      routing = resolveDestination(domain, this.#ctx.config.delivery, this.#ctx.resolve, { mtaSts: this.#ctx.mtaSts, requireTls: this.#params.requireTls });
       this.#routing.set(domain, routing);
     }
     return routing;
   }
 
-  #mailParams(leg: Connected): Record<string, string> {
+  #mailParams(connected: Connected, destination: Destination): Record<string, string> {
     const params: Record<string, string> = {};
-    const offered = leg.session.extensions;
+    const offered = connected.session.extensions;
     if (this.#params.size && offered.has('SIZE')) params.SIZE = String(this.#params.size);
     if (this.#params.body && offered.has('8BITMIME')) params.BODY = this.#params.body;
     if (this.#params.smtputf8 && offered.has('SMTPUTF8')) params.SMTPUTF8 = '';
+    // connectDestination made sure the session offers it (RFC 8689 §4.2.1).
+    if (destination.tls.requireTls) params.REQUIRETLS = '';
     return params;
   }
 
@@ -252,8 +268,14 @@ export class Transaction {
     }
     leg.lease = lease;
     const connected = (leg.connected = lease.connected);
+    if (connected.wouldFail) {
+      this.#logger.warn(
+        { id: this.id, destination: destination.label, mxHost: connected.mxHost, mtaSts: destination.tls.mtaSts, wouldFail: connected.wouldFail },
+        'MTA-STS testing: delivering, but the policy in enforce mode would not allow it',
+      );
+    }
     try {
-      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected)), leg, 'MAIL FROM');
+      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected, destination)), leg, 'MAIL FROM');
       if (mail.kind !== 'accepted') {
         leg.refused = mail;
         leg.explanation = explain(mail);
@@ -559,7 +581,7 @@ export class Transaction {
       // Some recipients of this destination already have the message: start over with the rest.
       if (pending.length < leg.recipients.length) {
         await session.rset();
-        const mailOutcome = this.#said(await session.mailFrom(this.#sender, this.#mailParams(leg.connected)), leg, 'MAIL FROM');
+        const mailOutcome = this.#said(await session.mailFrom(this.#sender, this.#mailParams(leg.connected, leg.destination)), leg, 'MAIL FROM');
         if (mailOutcome.kind !== 'accepted') {
           leg.explanation = explain(mailOutcome);
           return this.#explained(pending.map((address) => ({ address, outcome: mailOutcome, remoteMta: who })));
@@ -627,15 +649,24 @@ export class Transaction {
   #log(outcome: Outcome, data: { size?: number; messageId?: string; dkim?: Signature[] | string; sha256?: string; spooledToDisk?: boolean; dataMs?: number }): void {
     if (this.#finished) return;
     this.#finished = true;
-    const upstream = [...this.#legs.values()].map((leg) => ({
-      destination: leg.destination.key,
-      mxHost: leg.connected?.mxHost,
-      mxIp: leg.connected?.mxIp,
-      tls: leg.connected?.session.tls ?? null,
-      reused: leg.lease?.reused,
-      data: leg.data,
-      refused: leg.refused ? formatReply(leg.refused.reply) : undefined,
-      ...leg.explanation,
+    const upstream = [...this.#legs.values()].map(({ destination, connected, lease, data, refused, explanation }) => ({
+      destination: destination.key,
+      mxHost: connected?.mxHost,
+      mxIp: connected?.mxIp,
+      // What TLS the destination needed (who demanded verified TLS, MTA-STS, REQUIRETLS) and what the session had.
+      tlsPolicy: {
+        required: destination.tls.requiredBy.length ? destination.tls.requiredBy : undefined,
+        requireTls: destination.tls.requireTls || undefined,
+        mtaSts: destination.tls.mtaSts ? { mode: destination.tls.mtaSts.mode, id: destination.tls.mtaSts.id, excluded: destination.tls.mtaSts.excluded } : undefined,
+        wouldFail: connected?.wouldFail,
+      },
+      tls: connected?.session.tls ?? null,
+      reused: lease?.reused,
+      auth: connected?.authUser,
+      skipped: connected?.skipped.length ? connected.skipped : undefined,
+      data,
+      refused: refused ? formatReply(refused.reply) : undefined,
+      ...explanation,
     }));
     this.#logger.info(
       {

@@ -2,7 +2,13 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { ReplyParser, formatReply, type Reply } from './reply.ts';
 
-export type StartTlsMode = 'opportunistic' | 'never';
+/**
+ * `opportunistic`: STARTTLS when offered, any certificate, plain text otherwise (RFC 7435).
+ * `required`: STARTTLS must be offered and succeed, else the session ends before any mail
+ * command (RFC 3207 §4: a client that needs TLS gives up rather than continue in the clear).
+ * `never`: plain text.
+ */
+export type StartTlsMode = 'opportunistic' | 'required' | 'never';
 
 /** Milliseconds. Defaults follow RFC 5321 §4.5.3.2 where it gives a figure. */
 export interface SessionTimeouts {
@@ -35,11 +41,16 @@ export interface SessionOptions {
   /** Name sent in EHLO/HELO. */
   helo: string;
   /**
-   * `opportunistic`: STARTTLS when offered, with any certificate (RFC 7435); whether it
-   * verified is recorded in `session.tls.authorized`. `tlsOptions.rejectUnauthorized: true`
-   * turns that into a hard requirement (a bad certificate then fails with kind `tls`).
+   * See StartTlsMode. Whether the certificate verified is recorded in `session.tls.authorized`
+   * either way; `verify` makes it a condition of the session.
    */
   starttls: StartTlsMode;
+  /**
+   * With `starttls: 'required'`: the certificate must chain to a trusted CA and name
+   * `hostname` (RFC 6125), checked right after the handshake; otherwise the session ends
+   * (QUIT over the new TLS layer) and openSession rejects with kind `tls`.
+   */
+  verify?: boolean;
   tlsOptions?: tls.ConnectionOptions;
   timeouts?: SessionTimeouts;
 }
@@ -53,6 +64,8 @@ export interface TlsInfo {
   authorized: boolean;
   /** Why it did not verify (`DEPTH_ZERO_SELF_SIGNED_CERT`, `ERR_TLS_CERT_ALTNAME_INVALID` …). */
   authorizationError?: string;
+  /** The names the certificate holds (`DNS:mx.example.com, …`), when it did not verify: what the admin compares. */
+  certificateNames?: string;
 }
 
 export type UpstreamErrorKind = 'connect' | 'timeout' | 'lost' | 'protocol' | 'tls' | 'reply';
@@ -201,6 +214,16 @@ function parseEhlo(reply: Reply): Map<string, string> {
     if (keyword) extensions.set(keyword.toUpperCase(), params.join(' '));
   }
   return extensions;
+}
+
+/** SASL mechanisms from `AUTH PLAIN LOGIN`, and from the pre-standard `AUTH=LOGIN` some servers still send. */
+function authMechanisms(extensions: ReadonlyMap<string, string>): Set<string> {
+  const mechanisms = new Set<string>();
+  for (const [keyword, params] of extensions) {
+    const words = keyword === 'AUTH' ? params.split(/\s+/) : keyword.startsWith('AUTH=') ? [keyword.slice(5), ...params.split(/\s+/)] : [];
+    for (const word of words) if (word) mechanisms.add(word.toUpperCase());
+  }
+  return mechanisms;
 }
 
 /** RFC 6066 §3: SNI carries a DNS name only, never an address, without the trailing dot. */
@@ -356,6 +379,34 @@ export class UpstreamSession {
     });
   }
 
+  /**
+   * RFC 4954 AUTH as `user`, with PLAIN (RFC 4616) when the server offers it, else LOGIN.
+   * Resolves with the server's last reply (235 on success, whatever it said otherwise).
+   * Credentials never go out before TLS unless `allowCleartext`: a listener on the path
+   * would read them, and they open the smarthost to anyone who has them.
+   */
+  async auth(user: string, password: string, options: { allowCleartext?: boolean } = {}): Promise<Reply> {
+    if (!this.#tls && !options.allowCleartext) {
+      throw new UpstreamError('protocol', 'credentials are sent only over TLS, and this session has none');
+    }
+    const mechanisms = authMechanisms(this.#extensions);
+    const encode = (text: string): string => Buffer.from(text, 'utf8').toString('base64');
+    return this.#enqueue(async () => {
+      const timeout = this.#timeouts.command;
+      if (mechanisms.has('PLAIN')) return this.#command(`AUTH PLAIN ${encode(`\0${user}\0${password}`)}`, timeout, 'AUTH PLAIN');
+      if (mechanisms.has('LOGIN')) {
+        // RFC 4954 §4: each 334 asks for the next piece (user name, then password).
+        const start = await this.#command('AUTH LOGIN', timeout, 'AUTH LOGIN');
+        if (start.code !== 334) return start;
+        const name = await this.#command(encode(user), timeout, 'AUTH LOGIN user name');
+        if (name.code !== 334) return name;
+        return this.#command(encode(password), timeout, 'AUTH LOGIN password');
+      }
+      const offered = [...mechanisms].join(' ') || 'none';
+      throw new UpstreamError('protocol', `server offers no AUTH mechanism the relay can use (PLAIN or LOGIN; offered: ${offered})`);
+    });
+  }
+
   async rset(): Promise<Reply> {
     return this.#enqueue(() => this.#command('RSET', this.#timeouts.command, 'RSET'));
   }
@@ -406,24 +457,41 @@ export class UpstreamSession {
         const greeting = await session.#readReply(timeouts.greeting, 'greeting');
         if (!isPositive(greeting)) await session.#refused('greeting', greeting);
         await session.#hello();
-        if (opts.starttls === 'opportunistic' && session.#extensions.has('STARTTLS')) {
-          const reply = await session.#command('STARTTLS', timeouts.command, 'STARTTLS');
-          if (reply.code === 220) {
-            await session.#upgrade();
-            // RFC 3207 §4.2: everything learnt before TLS is discarded; ask again.
-            await session.#hello();
-          } else if (reply.code === 421) {
-            await session.#refused('STARTTLS', reply);
-          }
-          // Otherwise (454 TLS not available…) the session is still usable in plain text,
-          // which is what opportunistic means (RFC 3207 §4, RFC 7435).
-        }
+        if (opts.starttls !== 'never') await session.#startTls(opts.starttls === 'required');
         return session;
       } catch (err) {
         session.close();
         throw err;
       }
     };
+  }
+
+  async #startTls(required: boolean): Promise<void> {
+    const where = this.hostname ?? this.remoteAddress;
+    if (!this.#extensions.has('STARTTLS')) {
+      if (!required) return;
+      await this.quit();
+      throw new UpstreamError('tls', `${where} does not offer STARTTLS`);
+    }
+    const reply = await this.#command('STARTTLS', this.#timeouts.command, 'STARTTLS');
+    if (reply.code === 421) await this.#refused('STARTTLS', reply);
+    if (reply.code !== 220) {
+      // A 454 (TLS not available) leaves an opportunistic session usable in plain text
+      // (RFC 3207 §4, RFC 7435); a required one ends here.
+      if (!required) return;
+      await this.quit();
+      throw new UpstreamError('tls', `${where} refused STARTTLS: ${formatReply(reply)}`, { reply });
+    }
+    await this.#upgrade();
+    const info = this.#tls!;
+    if (required && this.#opts.verify && !info.authorized) {
+      // Nothing but QUIT goes to a server whose identity is not proven.
+      await this.quit();
+      const names = info.certificateNames ? `; it names ${info.certificateNames}` : '';
+      throw new UpstreamError('tls', `certificate of ${where} not verified (${info.authorizationError ?? 'unknown reason'}${names})`);
+    }
+    // RFC 3207 §4.2: everything learnt before TLS is discarded; ask again.
+    await this.#hello();
   }
 
   async #refused(what: string, reply: Reply): Promise<never> {
@@ -491,11 +559,13 @@ export class UpstreamSession {
     });
     this.#handshaking = false;
     const cipher = secure.getCipher();
+    const names = secure.authorized ? undefined : secure.getPeerCertificate().subjectaltname;
     this.#tls = {
       version: secure.getProtocol() ?? 'unknown',
       cipher: cipher.standardName ?? cipher.name,
       authorized: secure.authorized,
       ...(secure.authorizationError ? { authorizationError: String(secure.authorizationError) } : {}),
+      ...(names ? { certificateNames: names } : {}),
     };
   }
 

@@ -32,6 +32,8 @@ export interface DestinationScript {
 export interface Envelope {
   mailFrom: string;
   rcptTo: string[];
+  /** Present when the client sent REQUIRETLS on MAIL FROM (RFC 8689). */
+  requireTls?: true;
 }
 
 export interface AuthVerdict {
@@ -56,6 +58,8 @@ export interface ReceivedMessage {
   message: Buffer;
   /** smtp-server's session id: equal for transactions on one connection. */
   connectionId: string;
+  /** The user the client authenticated as (a destination with `auth`). */
+  user?: string;
   /** Present when the destination was started with a `dnsServer`. */
   verdict?: AuthVerdict;
 }
@@ -69,6 +73,15 @@ export interface DestinationOptions {
   name?: string;
   /** Offer STARTTLS with a certificate for [name, host] from tls.ts; default true. */
   starttls?: boolean;
+  /** The names the certificate carries instead of [name, host] (a certificate for the wrong host). */
+  certificateNames?: string[];
+  /** After STARTTLS, do not offer REQUIRETLS (RFC 8689), as most servers still do not. */
+  hideRequireTls?: boolean;
+  /**
+   * A smarthost: AUTH with these credentials is needed before MAIL (530 otherwise), offered
+   * with `methods` (default PLAIN and LOGIN), over TLS only unless `allowInsecure`.
+   */
+  auth?: { user: string; password: string; methods?: ('PLAIN' | 'LOGIN')[]; allowInsecure?: boolean };
   /** "127.0.0.1:PORT": the DNS server mailauth verifies every message against. */
   dnsServer?: string;
   script?: DestinationScript;
@@ -86,7 +99,11 @@ const ENHANCED_CODE = /^[245]\.\d{1,3}\.\d{1,3}(?:\s|$)/;
  * the wire behaviour, so a change in those internals fails them rather than going unseen.
  */
 class ProviderServer extends SMTPServer {
+  /** Sees every accepted TCP socket before smtp-server reads from it. */
+  tap: (socket: net.Socket) => void = () => undefined;
+
   override connect(...args: Parameters<SMTPServer['connect']>): void {
+    this.tap(args[0] as net.Socket);
     super.connect(...args);
     // connect() adds the new connection last and synchronously, Sets keep insertion order.
     const connection = [...this.connections].at(-1);
@@ -121,6 +138,10 @@ export class Destination {
   readonly port: number;
   readonly name: string;
   readonly received: ReceivedMessage[] = [];
+  /** Every MAIL FROM address the destination was sent, accepted or not. */
+  readonly mailFroms: string[] = [];
+  /** Every AUTH attempt: the user name and whether it was accepted. */
+  readonly authAttempts: { user: string; method: string; accepted: boolean; secure: boolean }[] = [];
   /** Read at every command, so a test may replace it between sends. */
   script: DestinationScript;
 
@@ -129,6 +150,7 @@ export class Destination {
   #connections = 0;
   #tlsProtocols = new Map<string, string>();
   #waiters = new Set<Waiter>();
+  #wire: Buffer[] = [];
   #closing: Promise<void> | undefined;
 
   private constructor(
@@ -143,6 +165,15 @@ export class Destination {
     this.#resolver = fields.resolver;
   }
 
+  /**
+   * Every byte clients sent on their TCP connections, as latin1 text. Once STARTTLS is up
+   * the TLS layer reads the socket instead, so this is what crossed the wire in the clear,
+   * and a client's MAIL FROM shows here only if it was sent without TLS.
+   */
+  get wire(): string {
+    return Buffer.concat(this.#wire).toString('latin1');
+  }
+
   /** How many client connections it accepted. */
   get connections(): number {
     return this.#connections;
@@ -152,7 +183,8 @@ export class Destination {
     if (!isLoopback(options.host)) throw new Error(`Destination must listen on loopback, not ${options.host}`);
     const name = options.name ?? 'mx.test';
     const starttls = options.starttls ?? true;
-    const certificate = starttls ? await testCertificate([name, options.host]) : undefined;
+    const certificate = starttls ? await testCertificate(options.certificateNames ?? [name, options.host]) : undefined;
+    const auth = options.auth;
 
     // The handlers need the instance, which needs the server: late-bound through `self`.
     let self: Destination | undefined;
@@ -163,9 +195,18 @@ export class Destination {
     const serverOptions: SMTPServerOptions = {
       name,
       logger: false,
-      // A provider's MX has no AUTH on port 25 and looks nobody up before greeting.
-      authOptional: true,
-      disabledCommands: starttls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+      // A provider's MX has no AUTH on port 25 and looks nobody up before greeting; a smarthost
+      // wants AUTH before MAIL.
+      authOptional: !auth,
+      disabledCommands: [...(auth ? [] : ['AUTH']), ...(starttls ? [] : ['STARTTLS'])],
+      ...(auth ? { authMethods: auth.methods ?? ['PLAIN', 'LOGIN'], allowInsecureAuth: auth.allowInsecure ?? false } : {}),
+      hideREQUIRETLS: options.hideRequireTls ?? false,
+      onAuth: (attempt, session, callback) => {
+        const accepted = !!auth && attempt.username === auth.user && attempt.password === auth.password;
+        instance().authAttempts.push({ user: attempt.username ?? '', method: attempt.method, accepted, secure: session.secure });
+        if (accepted) callback(null, { user: attempt.username });
+        else callback(Object.assign(new Error('5.7.8 Error: authentication failed: Invalid username or password'), { responseCode: 535 }));
+      },
       disableReverseLookup: true,
       hideENHANCEDSTATUSCODES: false,
       ...(certificate ? { key: certificate.key, cert: certificate.cert } : {}),
@@ -173,13 +214,16 @@ export class Destination {
       onConnect: (session, callback) => instance().#onConnect(session, callback),
       onSecure: (socket, session, callback) => instance().#onSecure(socket, session, callback),
       onClose: (session) => instance().#tlsProtocols.delete(session.id),
-      onMailFrom: (address, _session, callback) =>
-        callback(replyError(instance().#run(() => instance().script.mailFrom?.(address.address)))),
+      onMailFrom: (address, _session, callback) => {
+        instance().mailFroms.push(address.address);
+        callback(replyError(instance().#run(() => instance().script.mailFrom?.(address.address))));
+      },
       onRcptTo: (address, _session, callback) =>
         callback(replyError(instance().#run(() => instance().script.rcptTo?.(address.address)))),
       onData: (stream, session, callback) => instance().#onData(stream, session, callback),
     };
     const server = new ProviderServer(serverOptions);
+    server.tap = (socket) => socket.on('data', (chunk: Buffer) => instance().#wire.push(chunk));
     // Clients vanishing mid-transaction (the relay under test, dropMidData) surface here;
     // without a listener they would crash the test process.
     server.on('error', () => undefined);
@@ -266,6 +310,8 @@ export class Destination {
     const envelope: Envelope = {
       mailFrom: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
       rcptTo: session.envelope.rcptTo.map((rcpt) => rcpt.address),
+      // smtp-server records it; @types/smtp-server does not know the field yet.
+      ...((session.envelope as { requireTLS?: boolean }).requireTLS === true ? { requireTls: true } : {}),
     };
     const base = {
       clientAddress: session.remoteAddress,
@@ -274,6 +320,8 @@ export class Destination {
       tlsProtocol: this.#tlsProtocols.get(session.id),
       envelope,
       connectionId: session.id,
+      // smtp-server leaves `user` false, not undefined, when nobody authenticated.
+      ...(session.user ? { user: String(session.user) } : {}),
     };
     // smtp-server destroys the stream when the client goes away; a listener keeps that quiet.
     stream.on('error', () => undefined);

@@ -20,8 +20,9 @@ const cache = new Map<string, Promise<TestCertificate>>();
 
 /**
  * A leaf certificate for `names` (DNS names and IP addresses, all in subjectAltName, the
- * first also the CN) signed by a fresh test CA. `ca` is the CA certificate a client must
- * trust to verify the leaf.
+ * first also the CN) signed by the process's one test CA. `ca` is that CA's certificate: a
+ * client that trusts it verifies every leaf, so a test of certificate checks fails only on
+ * the name, as a real MX with a certificate for another host would.
  */
 export function testCertificate(names: string[]): Promise<TestCertificate> {
   if (names.length === 0) throw new Error('testCertificate needs at least one name');
@@ -40,21 +41,48 @@ export function testCertificate(names: string[]): Promise<TestCertificate> {
   return pending;
 }
 
-async function generate(names: string[]): Promise<TestCertificate> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'hygiene-relay-cert-'));
-  const file = (name: string): string => path.join(dir, name);
-  try {
-    // P-256 keys: far quicker to generate than RSA and accepted by every TLS stack under test.
-    const ecKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+// P-256 keys: far quicker to generate than RSA and accepted by every TLS stack under test.
+const EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+
+let authority: Promise<{ key: string; cert: string }> | undefined;
+
+/** The test CA: made once per process, on first use. */
+function testAuthority(): Promise<{ key: string; cert: string }> {
+  authority ??= inTempDir(async (file) => {
     await run('openssl', [
-      'req', '-x509', ...ecKey,
+      'req', '-x509', ...EC_KEY,
       '-keyout', file('ca.key'), '-out', file('ca.crt'),
       '-subj', '/CN=hygiene-relay test CA', '-days', '30',
       '-addext', 'basicConstraints=critical,CA:TRUE',
       '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
     ]);
+    const [key, cert] = await Promise.all([readFile(file('ca.key'), 'utf8'), readFile(file('ca.crt'), 'utf8')]);
+    return { key, cert };
+  });
+  authority.catch(() => (authority = undefined));
+  return authority;
+}
+
+/** The test CA's certificate: what a client trusts to verify every testCertificate(). */
+export async function testCa(): Promise<string> {
+  return (await testAuthority()).cert;
+}
+
+async function inTempDir<T>(work: (file: (name: string) => string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'hygiene-relay-cert-'));
+  try {
+    return await work((name) => path.join(dir, name));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function generate(names: string[]): Promise<TestCertificate> {
+  const ca = await testAuthority();
+  return inTempDir(async (file) => {
+    await Promise.all([writeFile(file('ca.key'), ca.key, { mode: 0o600 }), writeFile(file('ca.crt'), ca.cert)]);
     await run('openssl', [
-      'req', '-new', ...ecKey,
+      'req', '-new', ...EC_KEY,
       '-keyout', file('leaf.key'), '-out', file('leaf.csr'),
       '-subj', `/CN=${names[0]}`,
     ]);
@@ -77,13 +105,9 @@ async function generate(names: string[]): Promise<TestCertificate> {
       '-set_serial', `0x${randomBytes(16).toString('hex')}`,
       '-days', '30', '-extfile', file('leaf.ext'), '-out', file('leaf.crt'),
     ]);
-    const [keyPem, certPem, caPem] = await Promise.all(
-      ['leaf.key', 'leaf.crt', 'ca.crt'].map((name) => readFile(file(name), 'utf8')),
-    );
-    return { key: keyPem, cert: certPem, ca: caPem };
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+    const [keyPem, certPem] = await Promise.all(['leaf.key', 'leaf.crt'].map((name) => readFile(file(name), 'utf8')));
+    return { key: keyPem, cert: certPem, ca: ca.cert };
+  });
 }
 
 /** A certificate for the relay's own listeners, written to a new directory as tls.crt and tls.key. */

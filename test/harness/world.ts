@@ -3,9 +3,10 @@ import { Writable } from 'node:stream';
 import { parseConfig, type Config } from '../../src/config/index.ts';
 import { createLogger } from '../../src/observability/index.ts';
 import { startRelay, type Relay } from '../../src/relay.ts';
-import { Destination, type DestinationScript } from './destination.ts';
+import { Destination, type DestinationOptions, type DestinationScript } from './destination.ts';
 import { DnsServer } from './dns-server.ts';
-import { testCertificate } from './tls.ts';
+import { PolicyServer, type PublishedPolicy } from './mta-sts.ts';
+import { testCa } from './tls.ts';
 
 /** Every JSON line the relay logged, for assertions on what an admin would read. */
 export class LogCapture extends Writable {
@@ -42,13 +43,29 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/** One MX host: a simulated destination on its own loopback address. */
+export interface MxSpec {
+  name: string;
+  ip: string;
+  /** Overrides the domain's `starttls` for this host. */
+  starttls?: boolean;
+  /** The names its certificate carries instead of [name, ip] (a certificate for the wrong host). */
+  certificateNames?: string[];
+}
+
 export interface DestinationSpec {
   /** The recipient domain, e.g. gmail.test. */
   domain: string;
-  /** MX host names with their loopback addresses, in preference order. */
-  mx: { name: string; ip: string }[];
+  /** MX host names with their loopback addresses, in preference order; each one listens. */
+  mx: MxSpec[];
   script?: DestinationScript;
   starttls?: boolean;
+  /** After STARTTLS, do not offer REQUIRETLS. */
+  hideRequireTls?: boolean;
+  /** A smarthost: AUTH needed before MAIL (see Destination). */
+  auth?: DestinationOptions['auth'];
+  /** The MTA-STS policy the domain publishes. */
+  mtaSts?: PublishedPolicy;
 }
 
 export interface WorldOptions {
@@ -74,13 +91,20 @@ export const CORP: DestinationSpec = { domain: 'example.test', mx: [{ name: 'mx.
  */
 export class Internet {
   readonly dns: DnsServer;
+  /** Each domain's first MX host. */
   readonly destinations: Map<string, Destination>;
+  /** Every MX host by name. */
+  readonly hosts: Map<string, Destination>;
+  /** The MTA-STS policy hosts (the relay fetches from its port instead of 443). */
+  readonly policies: PolicyServer;
   readonly mxPort: number;
   readonly egress: { ip: string; ptr?: string; confirmed?: boolean }[];
 
-  protected constructor(dns: DnsServer, destinations: Map<string, Destination>, mxPort: number, egress: Internet['egress']) {
+  protected constructor(dns: DnsServer, hosts: Map<string, Destination>, destinations: Map<string, Destination>, policies: PolicyServer, mxPort: number, egress: Internet['egress']) {
     this.dns = dns;
+    this.hosts = hosts;
     this.destinations = destinations;
+    this.policies = policies;
     this.mxPort = mxPort;
     this.egress = egress;
   }
@@ -89,18 +113,33 @@ export class Internet {
     const dns = await DnsServer.start();
     const mxPort = await freePort();
     const destinations = new Map<string, Destination>();
+    const hosts = new Map<string, Destination>();
     const egress = options.egress ?? [{ ip: '127.0.0.2', ptr: 'relay-out.example.test' }];
+    const policies = await PolicyServer.start(dns);
     try {
       for (const spec of options.destinations ?? [GMAIL, OUTLOOK, CORP]) {
-        spec.mx.forEach((mx, i) => {
+        for (const [i, mx] of spec.mx.entries()) {
           dns.add(spec.domain, { type: 'MX', data: { preference: 10 * (i + 1), exchange: mx.name } });
           dns.add(mx.name, { type: 'A', data: mx.ip });
-        });
-        const first = spec.mx[0];
-        destinations.set(
-          spec.domain,
-          await Destination.start({ host: first.ip, port: mxPort, name: first.name, dnsServer: options.verify === false ? undefined : dns.address, script: spec.script, starttls: spec.starttls }),
-        );
+          // Domains may share MX hosts, as they do at the big providers.
+          let host = hosts.get(mx.name);
+          if (!host) {
+            host = await Destination.start({
+              host: mx.ip,
+              port: mxPort,
+              name: mx.name,
+              dnsServer: options.verify === false ? undefined : dns.address,
+              script: spec.script,
+              starttls: mx.starttls ?? spec.starttls,
+              certificateNames: mx.certificateNames,
+              hideRequireTls: spec.hideRequireTls,
+              auth: spec.auth,
+            });
+            hosts.set(mx.name, host);
+          }
+          if (i === 0) destinations.set(spec.domain, host);
+        }
+        if (spec.mtaSts) policies.publish(spec.domain, spec.mtaSts);
       }
       for (const dead of options.deadMx ?? []) {
         dns.add(dead.domain, { type: 'MX', data: { preference: dead.preference, exchange: dead.name } });
@@ -112,11 +151,12 @@ export class Internet {
       // The sending organisation: SPF authorizes the egress addresses.
       dns.add('example.test', { type: 'TXT', data: `v=spf1 ${egress.map((e) => `ip4:${e.ip}`).join(' ')} -all` });
     } catch (err) {
-      await Promise.all([...destinations.values()].map((d) => d.close()));
+      await Promise.all([...hosts.values()].map((d) => d.close()));
+      await policies.close();
       await dns.close();
       throw err;
     }
-    return new Internet(dns, destinations, mxPort, egress);
+    return new Internet(dns, hosts, destinations, policies, mxPort, egress);
   }
 
   destination(domain: string): Destination {
@@ -135,6 +175,13 @@ export class Internet {
     return { port: this.mxPort, connectTimeout: '2s', commandTimeout: '10s', dataTimeout: '20s', ...extra };
   }
 
+  /** The MX host of that name. */
+  host(name: string): Destination {
+    const host = this.hosts.get(name);
+    if (!host) throw new Error(`no MX host ${name}`);
+    return host;
+  }
+
   /** A relay config (before validation) pointed at this internet, with `overrides` per top-level key. */
   relayConfig(overrides: Record<string, unknown> = {}): Record<string, unknown> {
     return {
@@ -149,7 +196,8 @@ export class Internet {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.destinations.values()].map((d) => d.close()));
+    await Promise.all([...this.hosts.values()].map((d) => d.close()));
+    await this.policies.close();
     await this.dns.close();
   }
 }
@@ -161,7 +209,7 @@ export class World extends Internet {
   readonly config: Config;
 
   private constructor(internet: Internet, relay: Relay, logs: LogCapture, config: Config) {
-    super(internet.dns, internet.destinations, internet.mxPort, internet.egress);
+    super(internet.dns, internet.hosts, internet.destinations, internet.policies, internet.mxPort, internet.egress);
     this.relay = relay;
     this.logs = logs;
     this.config = config;
@@ -177,8 +225,9 @@ export class World extends Internet {
       const overrides = typeof options.config === 'function' ? options.config(internet) : options.config;
       const config = parseConfig(internet.relayConfig(overrides));
       const logs = new LogCapture();
-      const { ca } = await testCertificate(['mx.test']);
-      const relay = await startRelay(config, createLogger(config.log.level, logs), { upstreamTls: { ca } });
+      // The relay trusts the test CA as a deployment trusts the public ones, and fetches
+      // MTA-STS policies from the test policy server's port.
+      const relay = await startRelay(config, createLogger(config.log.level, logs), { upstreamTls: { ca: await testCa() }, mtaStsPort: internet.policies.port });
       return new World(internet, relay, logs, config);
     } catch (err) {
       await internet.close();
