@@ -223,6 +223,8 @@ export class Transaction {
     }
     // The reply as given (a 421 still 421, the text unclipped) stays with the outcome for the playbook.
     const said = { reply, mxHost: leg.connected?.mxHost ?? leg.destination.hops[0].name };
+    // RFC 5321 §3.8: after 421 the server is closing; that session carries nothing more.
+    if (reply.code === 421) leg.broken = true;
     const provider = leg.lease?.provider;
     if (provider && classifyReply(reply, { mxHost: said.mxHost })?.pause) void this.#ctx.shaper.throttled(provider, this.#egress.ip, formatReply(reply));
     return outcomeOf(this.#relayed(reply.code === 421 ? { ...reply, code: 451 } : reply, who), `${command} refused: ${formatReply(reply)}`, said);
