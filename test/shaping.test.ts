@@ -5,6 +5,7 @@ import { parseConfig } from '../src/config/index.ts';
 import { createLogger } from '../src/observability/index.ts';
 import { startRelay } from '../src/relay.ts';
 import { RawClient } from './harness/client.ts';
+import { RawMx } from './harness/raw-mx.ts';
 import { RedisServer } from './harness/redis.ts';
 import { send } from './harness/send.ts';
 import { LogCapture, message, World } from './harness/world.ts';
@@ -100,6 +101,36 @@ describe('shaping per provider', () => {
       assert.equal(world.destination('gmail.test').received.length, 30);
     } finally {
       await second.close();
+      await world.close();
+      await redis.kill();
+    }
+  });
+
+  it('a pause is shared: after Gmail throttles one relay, the other answers 451 without connecting; Yahoo [TSS04] at the greeting pauses Yahoo', async () => {
+    const redis = await RedisServer.start();
+    const shaping = { redis: redis.url, providers: { ...gmailProvider({ backoff: '1m' }), yahoo: { mx: ['yahoo.test'], backoff: '1m' } } };
+    const world = await World.start({ verify: false, config: (internet) => ({ delivery: internet.deliverySettings(shaping) }) });
+    world.dns.add('yahoo.test', { type: 'MX', data: { preference: 1, exchange: 'mx.yahoo.test' } }).add('mx.yahoo.test', { type: 'A', data: '127.0.0.44' });
+    const tss04 = '421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes';
+    const yahoo = await RawMx.start('127.0.0.44', world.mxPort, () => undefined, { greeting: () => tss04 });
+    const logs = new LogCapture();
+    const second = await startRelay(parseConfig(world.relayConfig({ delivery: world.deliverySettings(shaping) })), createLogger('info', logs));
+    try {
+      const gmail = world.destination('gmail.test');
+      gmail.script = { rcptTo: () => ({ code: 421, message: '4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address.' }) };
+      assert.equal((await send(world.port, 'alice@example.test', ['bob@gmail.test'], message())).rcpts[0].code, 451);
+      const connections = gmail.connections;
+      const paused = await send(second.ports[0], 'alice@example.test', ['bob@gmail.test'], message());
+      assert.match(paused.rcpts[0].text, /^4\.7\.0 delivery to gmail from 127\.0\.0\.2 is paused until /);
+      assert.equal(gmail.connections, connections, 'the second relay did not connect');
+
+      const refused = await send(world.port, 'alice@example.test', ['carol@yahoo.test'], message());
+      assert.equal(refused.rcpts[0].code, 451);
+      const later = await send(second.ports[0], 'alice@example.test', ['carol@yahoo.test'], message());
+      assert.match(later.rcpts[0].text, /^4\.7\.0 delivery to yahoo from 127\.0\.0\.2 is paused until /);
+    } finally {
+      await second.close();
+      await yahoo.close();
       await world.close();
       await redis.kill();
     }

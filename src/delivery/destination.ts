@@ -152,7 +152,12 @@ export async function resolveDestination(domain: string, config: Config['deliver
   }
   return withKey(
     { hops, via, label: domain, tls: { requiredBy, requireTls, ...(mtaSts ? { mtaSts } : {}) } },
-    `mx:${hops.map((hop) => hop.name).join(',')}:${config.port}`,
+    // The set of hosts, not their order: equal preferences are shuffled on every lookup, and
+    // the key decides which sessions may be shared and reused.
+    `mx:${hops
+      .map((hop) => hop.name)
+      .sort()
+      .join(',')}:${config.port}`,
   );
 }
 

@@ -1,11 +1,17 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
-import type { Outcome } from '../proxy/outcome.ts';
+import { saidOf, type Outcome } from '../proxy/outcome.ts';
+import { formatReply } from '../upstream/index.ts';
 import { connectDestination, type Connected } from './connect.ts';
 import type { Destination } from './destination.ts';
+import { classifyReply } from './playbook.ts';
 import { providerOf, type ProviderConfig, type SessionSlot, type Shaper } from './shaping.ts';
+
+/** How long an idle session may take to answer the RSET that checks it before reuse. */
+const HEALTH_CHECK_MS = 10_000;
 
 /** One transaction's use of an upstream session. */
 export interface UpstreamLease {
@@ -71,22 +77,37 @@ export class UpstreamPool {
       if (idle) return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, provider, true, delivery);
       if (!provider) break;
       const granted = await this.#shaper.trySession(provider, egress.ip);
-      if (!('kind' in granted)) {
+      if ('release' in granted) {
         slot = granted;
         break;
       }
       // A session idle towards another destination of the same provider holds a slot we can use.
-      if (await this.#closeIdleOf(shapingKey!)) continue;
+      if (!granted.paused && (await this.#closeIdleOf(shapingKey!))) continue;
       const left = deadline - Date.now();
-      if (left <= 0) return granted;
+      if (granted.paused || left <= 0) {
+        await this.#shaper.refund(provider, egress.ip);
+        return granted.refused;
+      }
       await this.#released(Math.min(pollMs, left));
     }
     const connected = await connectDestination(destination, egress, { delivery, resolve: this.#resolve, tls: this.#tls });
     if ('kind' in connected) {
       this.#free(slot);
+      if (provider) {
+        await this.#shaper.refund(provider, egress.ip);
+        // A throttling reply at the greeting (Yahoo's [TSS04]) pauses the provider like one at RCPT.
+        const said = saidOf(connected);
+        if (said && classifyReply(said.reply, { mxHost: said.mxHost })?.pause) await this.throttled(provider, egress.ip, formatReply(said.reply));
+      }
       return connected;
     }
     return this.#lease(key, connected, { slot, shapingKey }, provider, false, delivery);
+  }
+
+  /** The provider said to slow down: pause it, and close its idle sessions from that egress. */
+  async throttled(provider: ProviderConfig, egressIp: string, reply: string): Promise<void> {
+    await this.#shaper.throttled(provider, egressIp, reply);
+    while (await this.#closeIdleOf(`${provider.name}:${egressIp}`));
   }
 
   /** Ends every idle session (shutdown). */
@@ -139,8 +160,9 @@ export class UpstreamPool {
       clearTimeout(idle.timer);
       if (!idle.connected.session.closed) {
         try {
-          const reply = await idle.connected.session.rset();
-          if (reply.code === 250) return idle;
+          // A socket dropped silently while idle would hold the client for the whole command timeout.
+          const reply = await Promise.race([idle.connected.session.rset(), delay(HEALTH_CHECK_MS, undefined, { ref: false })]);
+          if (reply?.code === 250) return idle;
         } catch {
           // Gone while idle (the server's own idle timeout): the next one, or a fresh session.
         }

@@ -29,15 +29,27 @@ const PREFIX = 'hygiene-relay:shaping:v1:';
 
 /**
  * Takes a session slot when fewer than `max` are held: the sorted set holds one member per
- * open session scored by when its lease ends; expired leases are dropped first.
+ * open session scored by when its lease ends; expired leases are dropped first. Time is
+ * Redis's own, so replicas whose clocks differ agree on what has expired.
+ * ARGV: max, lease ms, member.
  */
 const ACQUIRE = `
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2] * 2)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ARGV[2], ARGV[3])
   return 1
 end
+return 0`;
+
+/** Extends this replica's leases (ARGV: lease ms, members…), and the set with them. */
+const RENEW = `
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + ARGV[1], ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1] * 2)
 return 0`;
 
 interface Pause {
@@ -97,36 +109,48 @@ export class Shaper {
     }
   }
 
-  /** A slot for a new session, or why there is none now (paused, or every slot taken). */
-  async trySession(provider: ProviderConfig, egressIp: string): Promise<SessionSlot | Outcome> {
+  /** A slot for a new session, or why there is none now: paused (no use waiting), or every slot taken. */
+  async trySession(provider: ProviderConfig, egressIp: string): Promise<SessionSlot | { refused: Outcome; paused: boolean }> {
     const key = `${provider.name}:${egressIp}`;
     const limit = await this.#sessionLimit(provider, key);
     const slot = limit > 0 ? await this.#acquire(key, limit) : undefined;
     if (slot) return slot;
     const why = limit === 0 ? 'is paused' : `already has ${limit} session${limit === 1 ? '' : 's'} open`;
-    return failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} ${why}; try again later`);
+    return { refused: failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} ${why}; try again later`), paused: limit === 0 };
   }
 
-  /** The provider answered with a rate-limit reply: pause it for its back-off period. */
+  /** The message was not sent after all (no session, no connection): its point is given back. */
+  async refund(provider: ProviderConfig, egressIp: string): Promise<void> {
+    await this.#limiter(provider)
+      .reward(`${provider.name}:${egressIp}`)
+      .catch(() => undefined);
+  }
+
+  /** The provider answered with a rate-limit reply: pause it for its back-off period, and the ramp starts over. */
   async throttled(provider: ProviderConfig, egressIp: string, reply: string): Promise<void> {
     const key = `${provider.name}:${egressIp}`;
     const pause: Pause = { until: Date.now() + provider.backoff, successes: 0 };
     this.#logger.warn({ provider: provider.name, egress: egressIp, until: new Date(pause.until).toISOString(), reply }, 'provider asked to slow down: pausing deliveries to it from this egress');
     this.#pauses.set(key, pause);
-    await this.#redis((redis) => redis.set(PREFIX + 'pause:' + key, JSON.stringify(pause), 'PX', provider.backoff + RAMP_MEMORY_MS));
+    await this.#redis((redis) =>
+      redis
+        .multi()
+        .set(PREFIX + 'pause:' + key, JSON.stringify({ until: pause.until }), 'PX', provider.backoff + RAMP_MEMORY_MS)
+        .del(PREFIX + 'ramp:' + key)
+        .exec(),
+    );
   }
 
-  /** A delivery succeeded: after a pause, each few of them allow one more session. */
+  /** A delivery succeeded: once a pause is over, each few of them allow one more session. */
   async delivered(provider: ProviderConfig, egressIp: string): Promise<void> {
     const key = `${provider.name}:${egressIp}`;
     const local = this.#pauses.get(key);
-    if (local) local.successes++;
-    if (local && local.successes >= (provider.maxSessions - 1) * RAMP_STEP) this.#pauses.delete(key);
+    // Deliveries that were already under way when the pause began do not count.
+    if (local && local.until <= Date.now() && ++local.successes >= (provider.maxSessions - 1) * RAMP_STEP) this.#pauses.delete(key);
     await this.#redis(async (redis) => {
       const text = await redis.get(PREFIX + 'pause:' + key);
-      if (text === null) return;
-      await redis.incr(PREFIX + 'ramp:' + key);
-      await redis.pexpire(PREFIX + 'ramp:' + key, provider.backoff + RAMP_MEMORY_MS);
+      if (text === null || Number((JSON.parse(text) as Pause).until) > Date.now()) return;
+      await redis.multi().incr(PREFIX + 'ramp:' + key).pexpire(PREFIX + 'ramp:' + key, provider.backoff + RAMP_MEMORY_MS).exec();
     });
   }
 
@@ -134,8 +158,7 @@ export class Shaper {
     const shared = await this.#redis(async (redis) => {
       const [pause, ramp] = await redis.mget(PREFIX + 'pause:' + key, PREFIX + 'ramp:' + key);
       if (pause === null) return null;
-      const parsed = JSON.parse(pause) as Pause;
-      return { until: Number(parsed.until), successes: Number(ramp ?? 0) };
+      return { until: Number((JSON.parse(pause) as Pause).until), successes: Number(ramp ?? 0) };
     });
     return shared === undefined ? this.#pauses.get(key) : (shared ?? undefined);
   }
@@ -149,8 +172,7 @@ export class Shaper {
 
   async #acquire(key: string, limit: number): Promise<SessionSlot | undefined> {
     const id = randomUUID();
-    const now = Date.now();
-    const shared = await this.#redis(async (redis) => (await redis.eval(ACQUIRE, 1, PREFIX + 'sessions:' + key, now, limit, now + LEASE_MS, id, LEASE_MS * 2)) === 1);
+    const shared = await this.#redis(async (redis) => (await redis.eval(ACQUIRE, 1, PREFIX + 'sessions:' + key, limit, LEASE_MS, id)) === 1);
     if (shared === false) return undefined;
     if (shared === true) {
       const held = this.#leases.get(key) ?? new Set();
@@ -158,8 +180,9 @@ export class Shaper {
       this.#leases.set(key, held);
       return { release: () => this.#release(key, id, held) };
     }
+    // Redis away: this replica counts its own sessions, those it holds through Redis included.
     const local = this.#local.get(key) ?? new Set<string>();
-    if (local.size >= limit) return undefined;
+    if (local.size + (this.#leases.get(key)?.size ?? 0) >= limit) return undefined;
     local.add(id);
     this.#local.set(key, local);
     return { release: () => this.#release(key, id, local) };
@@ -171,21 +194,22 @@ export class Shaper {
   }
 
   async #renew(): Promise<void> {
-    const until = Date.now() + LEASE_MS;
     for (const [key, ids] of this.#leases) {
       if (ids.size === 0) continue;
-      await this.#redis((redis) => redis.zadd(PREFIX + 'sessions:' + key, 'XX', ...[...ids].flatMap((id) => [until, id])));
+      await this.#redis((redis) => redis.eval(RENEW, 1, PREFIX + 'sessions:' + key, LEASE_MS, ...ids));
     }
   }
 
   #limiter(provider: ProviderConfig): RateLimiterMemory | RateLimiterRedis {
-    let limiter = this.#limiters.get(provider.name);
+    // Keyed by the limit too: a reload that changes it takes effect.
+    const name = `${provider.name}:${provider.messagesPerMinute}`;
+    let limiter = this.#limiters.get(name);
     if (!limiter) {
       const options = { points: provider.messagesPerMinute, duration: 60, keyPrefix: `${PREFIX}rate` };
       const memory = new RateLimiterMemory(options);
       // Redis away: each replica limits on its own until it is back (rate-limiter-flexible's insurance).
       limiter = this.#shared ? new RateLimiterRedis({ ...options, storeClient: this.#shared.client, insuranceLimiter: memory, rejectIfRedisNotReady: true }) : memory;
-      this.#limiters.set(provider.name, limiter);
+      this.#limiters.set(name, limiter);
     }
     return limiter;
   }

@@ -226,7 +226,11 @@ export class Transaction {
     // RFC 5321 §3.8: after 421 the server is closing; that session carries nothing more.
     if (reply.code === 421) leg.broken = true;
     const provider = leg.lease?.provider;
-    if (provider && classifyReply(reply, { mxHost: said.mxHost })?.pause) void this.#ctx.shaper.throttled(provider, this.#egress.ip, formatReply(reply));
+    if (provider && classifyReply(reply, { mxHost: said.mxHost })?.pause) {
+      // The session that was told to slow down carries nothing more either.
+      leg.broken = true;
+      void this.#ctx.upstreams.throttled(provider, this.#egress.ip, formatReply(reply));
+    }
     return outcomeOf(this.#relayed(reply.code === 421 ? { ...reply, code: 451 } : reply, who), `${command} refused: ${formatReply(reply)}`, said);
   }
 
