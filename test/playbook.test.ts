@@ -94,9 +94,13 @@ describe('reply playbook: every reply of the table, played by a destination', ()
         // reaches the client as 451 (RFC 5321 §3.8), class and enhanced code unchanged.
         const said = example.reply;
         const text = said.lines.join(' ');
-        if (example.at === 'greeting' || example.at === 'ehlo') {
-          // A host that refuses the session is skipped for the next MX (RFC 5321 §5.1); when none
-          // is left the relay defers with 4.4.1 and quotes each host's own reply.
+        if ((example.at === 'greeting' || example.at === 'ehlo') && said.code < 500) {
+          // A host that refuses the session for now: 451 with its own enhanced code and words.
+          assert.equal(result.rcpts[0].code, 451);
+          assert.ok(result.rcpts[0].text.startsWith(`${enhancedOf(said)} ${mx.host} [${mx.ip}] said: ${text.slice(0, 200)}`), result.rcpts[0].text);
+        } else if (example.at === 'greeting' || example.at === 'ehlo') {
+          // A host that will not talk at all is skipped for the next MX (RFC 5321 §5.1), never a
+          // bounce; when none is left the relay defers with 4.4.1 and quotes each host's own reply.
           assert.equal(result.rcpts[0].code, 451);
           assert.match(result.rcpts[0].text, /^4\.4\.1 no mail server of the destination could be reached \(/);
           assert.ok(result.rcpts[0].text.includes(`${mx.host} [${mx.ip}]: ${formatReply(said)}`), result.rcpts[0].text);

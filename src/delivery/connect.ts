@@ -74,7 +74,7 @@ export async function connectDestination(destination: Destination, egress: Egres
   const starttls = verify || (auth && !auth.allowCleartext) ? 'required' : 'opportunistic';
   const attempts: string[] = [];
   // The last host that refused the session (greeting or EHLO/HELO): the playbook explains that reply.
-  let refusal: Said | undefined;
+  let refusal: (Said & { mxIp: string }) | undefined;
   let tlsFailures = 0;
   let withoutRequireTls = 0;
   let anyAddress = false;
@@ -108,7 +108,7 @@ export async function connectDestination(destination: Destination, egress: Egres
           },
         });
       } catch (err) {
-        if (err instanceof UpstreamError && err.reply && err.kind !== 'tls') refusal = { reply: err.reply, mxHost: hop.name };
+        if (err instanceof UpstreamError && err.reply && err.kind !== 'tls') refusal = { reply: err.reply, mxHost: hop.name, mxIp: ip };
         const why = err instanceof UpstreamError && err.reply && err.kind !== 'tls' ? formatReply(err.reply) : (err as Error).message;
         attempts.push(`${hop.name} [${ip}]: ${why}`);
         if (starttls === 'required' && err instanceof UpstreamError && err.kind === 'tls') tlsFailures++;
@@ -149,5 +149,13 @@ export async function connectDestination(destination: Destination, egress: Egres
       : 'gets its credentials only over TLS';
     return failure('temporary', 451, '4.7.5', `${destination.label} ${demand}, and no server provided it; nothing was sent (${tried})`);
   }
-  return failure('temporary', 451, '4.4.1', `no mail server of the destination could be reached (${tried})`, refusal);
+  const said = refusal && { reply: refusal.reply, mxHost: refusal.mxHost };
+  // The last host refused the session for now (Yahoo's 421 [TSS04] at the greeting): the
+  // client hears its own enhanced code and words, as at any other stage. A 5xx there defers
+  // too (a host that will not talk is no verdict on the message), quoted in the 4.4.1 text.
+  if (refusal && refusal.reply.code < 500 && attempts.at(-1)?.startsWith(`${refusal.mxHost} [${refusal.mxIp}]: `)) {
+    const words = refusal.reply.lines.join(' ');
+    return failure('temporary', 451, refusal.reply.enhanced ?? '4.0.0', `${refusal.mxHost} [${refusal.mxIp}] said: ${words.length > 300 ? `${words.slice(0, 297)}...` : words}`, said);
+  }
+  return failure('temporary', 451, '4.4.1', `no mail server of the destination could be reached (${tried})`, said);
 }
