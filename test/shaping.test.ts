@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { Redis } from 'ioredis';
 import { parseConfig } from '../src/config/index.ts';
 import { createLogger } from '../src/observability/index.ts';
 import { startRelay } from '../src/relay.ts';
@@ -131,6 +132,30 @@ describe('shaping per provider', () => {
     } finally {
       await second.close();
       await yahoo.close();
+      await world.close();
+      await redis.kill();
+    }
+  });
+
+  it('ramps back through Redis: every delivery after the pause counts towards the next session', async () => {
+    const redis = await RedisServer.start();
+    const world = await World.start({
+      verify: false,
+      config: (internet) => ({ delivery: internet.deliverySettings({ redis: redis.url, pool: { maxIdle: 0 }, providers: gmailProvider({ maxSessions: 3, backoff: '1s' }) }) }),
+    });
+    const shared = new Redis(redis.port, '127.0.0.1');
+    try {
+      const gmail = world.destination('gmail.test');
+      let throttle = true;
+      gmail.script = { rcptTo: () => (throttle ? { code: 421, message: '4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address.' } : undefined) };
+      assert.equal((await send(world.port, 'alice@example.test', ['bob@gmail.test'], message())).rcpts[0].code, 451);
+      throttle = false;
+      // The back-off period passing is what is under test here.
+      await delay(1100);
+      for (let i = 0; i < 10; i++) assert.equal((await send(world.port, 'alice@example.test', [`r${i}@gmail.test`], message({ subject: `ramp ${i}` }))).data?.code, 250);
+      assert.equal(await shared.get('hygiene-relay:shaping:v1:ramp:gmail:127.0.0.2'), '10', 'ten deliveries after the pause: a second session is allowed');
+    } finally {
+      shared.disconnect();
       await world.close();
       await redis.kill();
     }

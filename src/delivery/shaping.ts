@@ -78,6 +78,8 @@ export class Shaper {
   /** In-process sessions per key (also the fallback when Redis is away). */
   #local = new Map<string, Set<string>>();
   #pauses = new Map<string, Pause>();
+  /** The shared pause as Redis last gave it, per key. */
+  #seen = new Map<string, Pause>();
   /** Lease ids held in Redis by this process, renewed while their sessions live. */
   #leases = new Map<string, Set<string>>();
   #renewal: NodeJS.Timeout;
@@ -147,11 +149,11 @@ export class Shaper {
     const local = this.#pauses.get(key);
     // Deliveries that were already under way when the pause began do not count.
     if (local && local.until <= Date.now() && ++local.successes >= (provider.maxSessions - 1) * RAMP_STEP) this.#pauses.delete(key);
-    await this.#redis(async (redis) => {
-      const text = await redis.get(PREFIX + 'pause:' + key);
-      if (text === null || Number((JSON.parse(text) as Pause).until) > Date.now()) return;
-      await redis.multi().incr(PREFIX + 'ramp:' + key).pexpire(PREFIX + 'ramp:' + key, provider.backoff + RAMP_MEMORY_MS).exec();
-    });
+    // Counted in Redis only while ramping back, as the last look at the shared pause saw it:
+    // most deliveries happen with no pause at all and cost nothing here.
+    const seen = this.#seen.get(key);
+    if (!seen || seen.until > Date.now()) return;
+    await this.#redis((redis) => redis.multi().incr(PREFIX + 'ramp:' + key).pexpire(PREFIX + 'ramp:' + key, provider.backoff + RAMP_MEMORY_MS).exec());
   }
 
   async #pause(key: string): Promise<Pause | undefined> {
@@ -160,7 +162,10 @@ export class Shaper {
       if (pause === null) return null;
       return { until: Number((JSON.parse(pause) as Pause).until), successes: Number(ramp ?? 0) };
     });
-    return shared === undefined ? this.#pauses.get(key) : (shared ?? undefined);
+    if (shared === undefined) return this.#pauses.get(key);
+    if (shared) this.#seen.set(key, shared);
+    else this.#seen.delete(key);
+    return shared ?? undefined;
   }
 
   async #sessionLimit(provider: ProviderConfig, key: string): Promise<number> {
