@@ -3,7 +3,7 @@ import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
-import { failure, type Outcome, type Said } from '../proxy/outcome.ts';
+import { clip, failure, type Outcome, type Said } from '../proxy/outcome.ts';
 import { openSession, UpstreamError, formatReply, type UpstreamSession } from '../upstream/index.ts';
 import type { Destination, HopAuth, NextHop } from './destination.ts';
 
@@ -154,8 +154,7 @@ export async function connectDestination(destination: Destination, egress: Egres
   // client hears its own enhanced code and words, as at any other stage. A 5xx there defers
   // too (a host that will not talk is no verdict on the message), quoted in the 4.4.1 text.
   if (refusal && refusal.reply.code < 500 && attempts.at(-1)?.startsWith(`${refusal.mxHost} [${refusal.mxIp}]: `)) {
-    const words = refusal.reply.lines.join(' ');
-    return failure('temporary', 451, refusal.reply.enhanced ?? '4.0.0', `${refusal.mxHost} [${refusal.mxIp}] said: ${words.length > 300 ? `${words.slice(0, 297)}...` : words}`, said);
+    return failure('temporary', 451, refusal.reply.enhanced ?? '4.0.0', `${refusal.mxHost} [${refusal.mxIp}] said: ${clip(refusal.reply.lines.join(' '))}`, said);
   }
   return failure('temporary', 451, '4.4.1', `no mail server of the destination could be reached (${tried})`, said);
 }

@@ -36,6 +36,14 @@ const RECORDS: Record<CachedType, z.ZodType<RecordValue[]>> = {
   TXT: z.array(z.array(z.string())),
 };
 
+/** A Redis entry holding `records`, or a negative answer. */
+function entryShape(records: z.ZodType<RecordValue[]>) {
+  return z.union([z.strictObject({ x: z.number(), r: records }), z.strictObject({ x: z.number(), e: z.enum(['ENOTFOUND', 'ENODATA']) })]);
+}
+
+/** Built once: every shared hit is checked against its type's shape. */
+const ENTRIES = new Map(Object.entries(RECORDS).map(([type, records]) => [type, entryShape(records)]));
+
 /**
  * Redis entries: `x` when it expires (epoch ms, so every replica keeps it exactly as long),
  * then `r` the records or `e` the negative answer. The version in the key changes with the
@@ -79,11 +87,7 @@ class SharedLevel {
     } catch {
       return undefined;
     }
-    const shape = z.union([
-      z.strictObject({ x: z.number(), r: RECORDS[type] }),
-      z.strictObject({ x: z.number(), e: z.enum(['ENOTFOUND', 'ENODATA']) }),
-    ]);
-    const parsed = shape.safeParse(value);
+    const parsed = ENTRIES.get(type)!.safeParse(value);
     if (!parsed.success) return undefined;
     return 'r' in parsed.data ? { records: parsed.data.r, expires: parsed.data.x } : { code: parsed.data.e, expires: parsed.data.x };
   }

@@ -44,3 +44,8 @@ export function toSmtpError(reply: Reply): SmtpReplyError {
   const text = [enhancedOf(reply), reply.lines.join(' ')].filter(Boolean).join(' ');
   return Object.assign(new Error(text), { responseCode: reply.code });
 }
+
+/** Keeps a reply line well inside RFC 5321 §4.5.3.1.5's 512 octets. */
+export function clip(text: string, max = 300): string {
+  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
+}

@@ -33,7 +33,7 @@ import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
 import type { DeliveryMemo, MemoKey } from './memo.ts';
-import { failure, outcomeOf, saidOf, type Outcome } from './outcome.ts';
+import { clip, failure, outcomeOf, saidOf, type Outcome } from './outcome.ts';
 import { authorDomain, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
@@ -146,11 +146,6 @@ function fieldCount(header: Buffer, name: string): number {
 
 export function newTransactionId(): string {
   return randomBytes(9).toString('base64url');
-}
-
-/** Keeps a reply line well inside RFC 5321 §4.5.3.1.5's 512 octets. */
-function clip(text: string, max = 300): string {
-  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
 }
 
 /** A client limited to sender domains may use those domains and their subdomains only. */
