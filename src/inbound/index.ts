@@ -2,23 +2,14 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { domainToASCII } from 'node:url';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
-import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import type { Config, ListenerConfig } from '../config/index.ts';
 import type { EgressPool } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { Transaction, failure, senderDomainAllowed, toSmtpError, type Outcome, type RelayContext } from '../proxy/index.ts';
 import { ClientAuthorization } from './authorization.ts';
+import { adoptListener } from './smtp-server-fixes.ts';
 
 export { hashPassword, verifyPassword } from './passwords.ts';
-
-// smtp-server derives an enhanced status code from the reply code alone (550 → 5.1.1), which
-// would misreport a destination's `550 5.7.26`. A reply whose text already starts with an
-// enhanced code (RFC 3463) keeps it, and gets no second one.
-const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
-const originalSend = SMTPConnection.prototype.send;
-SMTPConnection.prototype.send = function send(this: SMTPConnection, code: number, data?: string | string[], context?: string | false) {
-  return originalSend.call(this, code, data, typeof data === 'string' && ENHANCED.test(data) ? false : context);
-};
 
 type Callback = (err?: Error | null) => void;
 
@@ -92,6 +83,7 @@ export class Inbound {
     const tls = config.tls ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) } : undefined;
     for (const listener of config.listeners) {
       const server = this.#createServer(listener, config, tls);
+      adoptListener(server);
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(listener.port, listener.host, () => {
@@ -116,6 +108,8 @@ export class Inbound {
     const usesTls = listener.starttls || listener.implicitTls;
     const disabled = [...(usesTls ? [] : ['STARTTLS']), ...(this.#clients.hasUsers ? [] : ['AUTH'])];
     return new SMTPServer({
+      // Replies still owed after the client's FIN are written (smtp-server-fixes.ts).
+      allowHalfOpen: true,
       name: this.#egress.select()?.helo,
       banner: 'hygiene-relay ESMTP',
       secure: listener.implicitTls,

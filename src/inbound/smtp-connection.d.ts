@@ -1,6 +1,13 @@
 // smtp-server exports its connection class at this path but @types/smtp-server does not describe it.
 declare module 'smtp-server/lib/smtp-connection.js' {
+  import type { Socket } from 'node:net';
+  import type { Writable } from 'node:stream';
+  import type { SMTPServer } from 'smtp-server';
   export class SMTPConnection {
+    _server: SMTPServer;
+    _socket: Socket;
     send(code: number, data?: string | string[], context?: string | false): void;
+    _createParser(): Writable;
+    close(): void;
   }
 }

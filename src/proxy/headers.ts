@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import addressparser from 'nodemailer/lib/addressparser';
 import type { ClientInfo } from './transaction.ts';
 
@@ -21,6 +22,14 @@ export function headerValue(head: Buffer, name: string): string | undefined {
     if (colon > 0 && line.slice(0, colon).trim().toLowerCase() === wanted) return line.slice(colon + 1).trim();
   }
   return undefined;
+}
+
+/**
+ * The left part of a Message-ID for a message that has none: a hash of the message's SHA-256
+ * as the client sent it and of the envelope sender, so the same bytes retried give the same id.
+ */
+export function derivedMessageId(sha256: string, sender: string): string {
+  return createHash('sha256').update(`${sha256}\0${sender}`).digest('hex').slice(0, 32);
 }
 
 /** RFC 5322 §3.3 date-time, always in UTC. */

@@ -34,7 +34,7 @@ import type { Logger } from '../observability/index.ts';
 import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
 import type { DeliveryMemo, MemoKey } from './memo.ts';
 import { clip, failure, outcomeOf, saidOf, type Outcome } from './outcome.ts';
-import { authorDomain, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
+import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
 import { sendStatusNotification, type Refusal } from './status-notification.ts';
@@ -82,12 +82,6 @@ interface SpooledMessage {
   signatures: Buffer;
   /** Where the rest of the message (after the original header section) starts in the spool. */
   offset: number;
-  /**
-   * The delivery memo is used only for a message with a Message-ID: the same bytes without
-   * one (a printer's daily report) may well be a new message, and a duplicate is better than
-   * a message dropped as "already delivered".
-   */
-  remembered: boolean;
 }
 
 /** One destination's upstream session within the transaction. */
@@ -364,10 +358,12 @@ export class Transaction {
         outcome = this.#own(refused);
         return outcome;
       }
-      const header = this.#hygiene(original);
+      const header = this.#hygiene(original, spool.sha256);
+      // The record names the Message-ID that left, the one the relay added included.
+      messageId = headerValue(header, 'message-id');
       const signed = this.#sign(header, bodyHash.digest());
       dkim = signed.record;
-      const message: SpooledMessage = { spool, header, offset: original.length, signatures: signed.header, remembered: messageId !== undefined };
+      const message: SpooledMessage = { spool, header, offset: original.length, signatures: signed.header };
       const stopped = await this.#preflight(message, signed.keys);
       if (stopped) {
         outcome = this.#own(stopped);
@@ -408,12 +404,18 @@ export class Transaction {
     return undefined;
   }
 
-  /** Date and Message-ID when missing (RFC 5322 §3.6.1, §3.6.4); internal Received removed when configured. */
-  #hygiene(original: Buffer): Buffer {
+  /**
+   * Date and Message-ID when missing (RFC 5322 §3.6.1, §3.6.4); internal Received removed when
+   * configured. The Message-ID is derived from the message as the client sent it and its
+   * envelope sender, so a client's retry of the same bytes carries the same Message-ID as the
+   * first attempt (RFC 5322 §3.6.4: one message, one identifier), also at destinations that
+   * got the first attempt in a copy the memo does not know of.
+   */
+  #hygiene(original: Buffer, sha256: string): Buffer {
     let header = this.#ctx.config.hygiene.removeReceived ? withoutFields(original, 'received') : original;
     const added: string[] = [];
     if (headerValue(original, 'date') === undefined) added.push(`Date: ${rfc5322Date()}`);
-    if (headerValue(original, 'message-id') === undefined) added.push(`Message-ID: <${this.id}.${Date.now().toString(36)}@${this.#egress.helo}>`);
+    if (headerValue(original, 'message-id') === undefined) added.push(`Message-ID: <${derivedMessageId(sha256, this.#sender)}@${this.#egress.helo}>`);
     header = withFields(header, added);
     this.#added = added.map((field) => field.slice(0, field.indexOf(':')));
     return header;
@@ -500,8 +502,8 @@ export class Transaction {
     const { spool } = message;
     const legs = [...this.#legs.values()].filter((leg) => leg.recipients.length);
     const keys = (leg: Leg): MemoKey[] => leg.recipients.map((recipient) => ({ message: spool.sha256, sender: this.#sender, recipient }));
-    const memo = message.remembered ? this.#ctx.memo : undefined;
-    const memoStates = await Promise.all(legs.map((leg) => (memo ? memo.lookup(keys(leg)) : leg.recipients.map(() => undefined))));
+    const { memo } = this.#ctx;
+    const memoStates = await Promise.all(legs.map((leg) => memo.lookup(keys(leg))));
     const received = receivedHeader({ client: this.#client, by: this.#egress.helo, id: this.id, recipients: legs.flatMap((l) => l.recipients) });
 
     const results = await Promise.all(
@@ -548,7 +550,7 @@ export class Transaction {
     for (const r of accepted) this.#record(r.address).result = 'delivered';
     for (const r of bounced) this.#record(r.address).result = 'bounced';
     for (const r of temporary) this.#record(r.address).result = 'deferred';
-    await memo?.record([
+    await memo.record([
       ...accepted.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'delivered' as const })),
       ...bounced.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'bounced' as const })),
     ]);

@@ -17,6 +17,8 @@ export class RawClient {
   #buffer = '';
   #waiting?: { resolve: (reply: ClientReply) => void; reject: (err: Error) => void };
   #pending: string[] = [];
+  /** Sees every reply line as it arrives, claimed by a command or not. */
+  #heard?: (line: string) => void;
   closed: Promise<void>;
 
   private constructor(socket: net.Socket) {
@@ -39,6 +41,7 @@ export class RawClient {
     while ((end = this.#buffer.indexOf('\r\n')) >= 0) {
       const line = this.#buffer.slice(0, end);
       this.#buffer = this.#buffer.slice(end + 2);
+      this.#heard?.(line);
       this.#pending.push(line);
       if (/^\d{3} /.test(line) || /^\d{3}$/.test(line)) {
         const lines = this.#pending;
@@ -98,6 +101,20 @@ export class RawClient {
     this.#next().catch(() => undefined);
     const stuffed = message.replace(/(^|\r\n)\./g, '$1..');
     this.#socket.write(`${stuffed}${stuffed.endsWith('\r\n') ? '' : '\r\n'}.\r\n`);
+  }
+
+  /**
+   * Writes `bytes` in one go, then shuts the sending side (TCP FIN) at once, as Exim does
+   * after a pipelined `.` + `QUIT` (RFC 2920 §3.1): every reply line that arrives before the
+   * server closes the connection.
+   */
+  async sendAndHalfClose(bytes: string): Promise<string[]> {
+    const lines: string[] = [];
+    this.#heard = (line) => lines.push(line);
+    this.#socket.end(Buffer.from(bytes, 'latin1'));
+    await this.closed;
+    this.#heard = undefined;
+    return lines;
   }
 
   async starttls(ca: string): Promise<void> {
