@@ -37,6 +37,16 @@ export interface PreflightContext {
   helo: string;
 }
 
+/**
+ * SPF by RFC 7208 to the letter (mailauth's `strict`), not mailauth's lenient default, which
+ * differs where the RFC is explicit: a bare `ip6` is a syntax error (§5.6), so is `exp=`
+ * twice (§6) or with a domain-spec that does not parse or uses the macro letters reserved
+ * for explanation text (§6.2, §7.1: c, r, t); and every name a macro expands to that §7.1
+ * allows is looked up, not refused. A receiver that follows the RFC concludes that, and the
+ * relay refuses and advises on what the RFC says, not on one library's leniency.
+ */
+const STRICT = true;
+
 /** mailauth asks for records by type; our resolver has the same shape. */
 function resolver(resolve: Resolve): DNSResolver {
   return resolve as unknown as DNSResolver;
@@ -60,8 +70,17 @@ export function policyFor(config: Config, domain: string): Policy {
  * MAIL FROM domain (the HELO identity for a null sender), the egress HELO.
  */
 export async function checkSpf(sender: string, ctx: PreflightContext): Promise<SpfVerdict> {
-  const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(ctx.resolve) });
+  const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(ctx.resolve), strict: STRICT });
   return { result: result.status.result as SpfVerdict['result'], domain: result.domain, record: result.rr || undefined };
+}
+
+/**
+ * RFC 8601 §2.5: the authserv-id is a token, which strict mode enforces. The HELO is a host
+ * name, or for an egress whose name does not verify an address literal (RFC 5321 §4.1.3),
+ * which loses its brackets; only IPv4 egress is used unverified, so that is a token too.
+ */
+function authservId(helo: string): string {
+  return helo.replace(/^\[(.*)\]$/, '$1');
 }
 
 /** The receiver's verdict on the signed message: mailauth's authenticate(), as Gmail's would run. */
@@ -70,8 +89,10 @@ export async function predict(message: AsyncIterable<Buffer>, sender: string, ct
     ip: ctx.ip,
     helo: ctx.helo,
     sender,
-    mta: ctx.helo,
+    mta: authservId(ctx.helo),
     resolver: resolver(ctx.resolve),
+    // mailauth has one switch for every check: DKIM and DMARC are judged by their RFCs too.
+    strict: STRICT,
     disableArc: true,
     disableBimi: true,
   });
