@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/index.ts';
-import { uncachedResolver } from '../src/dns/index.ts';
+import { canonicalAddress, reverseName, uncachedResolver } from '../src/dns/index.ts';
 import { EgressPool, IdentityError, verifyEgress } from '../src/identity/index.ts';
 import { createLogger } from '../src/observability/index.ts';
 import { startRelay } from '../src/relay.ts';
 import { DnsServer } from './harness/dns-server.ts';
 import { send } from './harness/send.ts';
-import { Internet, LogCapture, message } from './harness/world.ts';
+import { Internet, LogCapture, message, World } from './harness/world.ts';
 
 const NO_CACHE = { minTtl: 0, maxTtl: 0, negativeTtl: 0 };
 
@@ -129,6 +129,58 @@ describe('egress identity re-check and DNS trouble', () => {
     } finally {
       await relay.close();
       await internet.close();
+    }
+  });
+});
+
+describe('IPv6 addresses with a dotted-quad tail (RFC 4291 §2.2 form 3)', () => {
+  it('reverses an IPv4-mapped address under in-addr.arpa, and any other one as the nibbles of its last 32 bits', () => {
+    assert.equal(reverseName('::FFFF:1.2.3.4'), '4.3.2.1.in-addr.arpa');
+    assert.equal(reverseName('::ffff:0102:0304'), '4.3.2.1.in-addr.arpa');
+    assert.equal(reverseName('CAFE:BABE::192.168.218.40'), `8.2.a.d.8.a.0.c.${'0.'.repeat(16)}e.b.a.b.e.f.a.c.ip6.arpa`);
+    assert.equal(reverseName('CAFE:BABE::192.168.218.40'), reverseName('cafe:babe::c0a8:da28'));
+    // IPv4-compatible (deprecated, RFC 4291 §2.5.5.1) is no IPv4 address.
+    assert.equal(reverseName('::1.2.3.4'), `4.0.3.0.2.0.1.0.${'0.'.repeat(24)}ip6.arpa`);
+    assert.equal(reverseName('192.0.2.1'), '1.2.0.192.in-addr.arpa');
+  });
+
+  it('takes an IPv4-mapped address as its IPv4 address, and writes other IPv6 in RFC 5952 text', () => {
+    assert.equal(canonicalAddress('::FFFF:127.0.0.5'), '127.0.0.5');
+    assert.equal(canonicalAddress('CAFE:BABE::192.168.218.40'), 'cafe:babe::c0a8:da28');
+    assert.equal(canonicalAddress('relay.example.test'), undefined);
+    const config = parseConfig({ egress: [{ ip: '::FFFF:1.2.3.4', bind: 'CAFE:BABE::192.168.218.40' }], dns: { servers: ['[::ffff:127.0.0.1]:5353'] } });
+    assert.deepEqual([config.egress[0].ip, config.egress[0].bind, config.dns.servers[0]], ['1.2.3.4', 'cafe:babe::c0a8:da28', { host: '127.0.0.1', port: 5353 }]);
+  });
+
+  it('verifies an IPv6 egress written with a dotted-quad tail against its AAAA in hex', async () => {
+    const dns = await DnsServer.start();
+    try {
+      dns.addPtr('cafe:babe::c0a8:da28', 'v6-tail.example.test');
+      const egress = await verifyEgress({ ip: 'CAFE:BABE::192.168.218.40', helo: 'auto' }, uncachedResolver({ servers: [{ host: dns.host, port: dns.port }], timeout: 1000, tries: 1 }));
+      assert.deepEqual([egress.helo, egress.verified], ['v6-tail.example.test', true]);
+    } finally {
+      await dns.close();
+    }
+  });
+
+  it('verifies an egress written ::FFFF:127.0.0.5 as 127.0.0.5, binds it and sends from it; the receiver sees IPv4 and SPF passes', async () => {
+    // The internet knows 127.0.0.5 (PTR, A, ip4: in example.test's SPF); the relay is configured with its mapped form.
+    const world = await World.start({ egress: [{ ip: '127.0.0.5', ptr: 'relay-mapped.example.test' }], config: { strict: true, egress: [{ ip: '::FFFF:127.0.0.5' }] } });
+    try {
+      assert.deepEqual(
+        world.relay.egress.identities.map((e) => [e.ip, e.bind, e.helo, e.verified]),
+        [['127.0.0.5', '127.0.0.5', 'relay-mapped.example.test', true]],
+      );
+      const sent = await send(world.port, 'alice@example.test', ['bob@gmail.test'], message({ messageId: 'mapped@example.test' }));
+      assert.equal(sent.data?.code, 250);
+      const [received] = await world.destination('gmail.test').waitForMessages(1);
+      assert.deepEqual([received.clientAddress, received.helo], ['127.0.0.5', 'relay-mapped.example.test']);
+      assert.equal(received.verdict!.raw.spf && received.verdict!.raw.spf['client-ip'], '127.0.0.5');
+      assert.equal(received.verdict!.spf, 'pass');
+      const record = await world.logs.waitFor((r) => r.msg === 'transaction' && r.messageId === '<mapped@example.test>');
+      assert.equal((record.spf as { result: string }).result, 'pass');
+    } finally {
+      await world.close();
     }
   });
 });

@@ -2,7 +2,7 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { authenticate, dmarc as evaluateDmarc, spf, type AuthenticateResult, type DNSResolver } from 'mailauth';
 import type { Config } from '../config/index.ts';
-import type { Resolve } from '../dns/index.ts';
+import { canonicalAddress, type Resolve } from '../dns/index.ts';
 import type { SigningKey } from './dkim/keys.ts';
 import { checkPublished } from './dkim/record.ts';
 
@@ -168,9 +168,10 @@ export async function predictFromParts(options: {
   };
 }
 
-/** The SPF mechanism that authorizes an address (RFC 7208 §5.6). */
+/** The SPF mechanism that authorizes an address (RFC 7208 §5.6); an IPv4-mapped one is matched by ip4 (§5). */
 function mechanism(ip: string): string {
-  return net.isIPv6(ip) ? `ip6:${ip}` : `ip4:${ip}`;
+  const address = canonicalAddress(ip) ?? ip;
+  return net.isIPv6(address) ? `ip6:${address}` : `ip4:${address}`;
 }
 
 /** What an admin must publish so that SPF passes for this egress address. */

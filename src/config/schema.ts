@@ -2,6 +2,7 @@ import { getServers } from 'node:dns';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { z } from 'zod';
+import { canonicalAddress } from '../dns/index.ts';
 
 /** "30s", "5m", "1h", "5d", "250ms", or a number of seconds: always read as milliseconds. */
 const duration = z.union([z.number().nonnegative(), z.string()]).transform((value, ctx) => {
@@ -27,7 +28,15 @@ const size = z.union([z.number().int().positive(), z.string()]).transform((value
   return Math.floor(Number(match[1]) * unit);
 });
 
-const ip = z.string().refine((value) => net.isIP(value) !== 0, { message: 'must be an IPv4 or IPv6 address' });
+/** An address in the relay's one form: an IPv4-mapped IPv6 address is its IPv4 address (RFC 4291 §2.5.5.2). */
+const ip = z.string().transform((value, ctx) => {
+  const address = canonicalAddress(value);
+  if (address === undefined) {
+    ctx.addIssue({ code: 'custom', message: 'must be an IPv4 or IPv6 address' });
+    return z.NEVER;
+  }
+  return address;
+});
 
 const cidr = z.string().refine(
   (value) => {
@@ -51,10 +60,9 @@ const port = z.number().int().min(1).max(65535);
 /** `host`, `host:port`, `[v6]` or `[v6]:port`, as node's `setServers` takes them. */
 function parseServer(text: string): { host: string; port: number } | undefined {
   const bracketed = /^\[([^\]]+)\](?::(\d{1,5}))?$/.exec(text);
-  // IPv6 in its canonical text, the form replies are compared against.
-  const v6 = (address: string) => new net.SocketAddress({ address, family: 'ipv6' }).address;
-  if (bracketed) return net.isIPv6(bracketed[1]) ? { host: v6(bracketed[1]), port: Number(bracketed[2] ?? 53) } : undefined;
-  if (net.isIPv6(text)) return { host: v6(text), port: 53 };
+  // In canonical form, the one replies are compared against (and a mapped IPv4 server is asked over IPv4).
+  if (bracketed) return net.isIPv6(bracketed[1]) ? { host: canonicalAddress(bracketed[1])!, port: Number(bracketed[2] ?? 53) } : undefined;
+  if (net.isIPv6(text)) return { host: canonicalAddress(text)!, port: 53 };
   const [host, port, extra] = text.split(':');
   if (extra !== undefined || !net.isIPv4(host) || (port !== undefined && !/^\d{1,5}$/.test(port))) return undefined;
   return { host, port: Number(port ?? 53) };

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
-import type { Resolve } from '../dns/index.ts';
+import { canonicalAddress, type Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { clip, failure, type Outcome, type Said } from '../proxy/outcome.ts';
 import { openSession, UpstreamError, formatReply, type UpstreamSession } from '../upstream/index.ts';
@@ -29,7 +29,8 @@ export interface ConnectOptions {
 
 /** Outbound is IPv4 unless the egress itself is IPv6: receivers refuse IPv6 senders without a verified PTR. */
 async function addressesOf(name: string, egress: Egress, resolve: Resolve): Promise<string[]> {
-  if (net.isIP(name)) return [name];
+  const literal = canonicalAddress(name);
+  if (literal) return [literal];
   return resolve(name, net.isIPv6(egress.bind) ? 'AAAA' : 'A');
 }
 

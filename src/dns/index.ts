@@ -6,6 +6,7 @@ import { connectShared, type SharedStore } from '../redis/index.ts';
 import { DnsCache, type CacheCount } from './cache.ts';
 import { CACHED_TYPES, lookup, type CachedType, type WireOptions } from './wire.ts';
 
+export { canonicalAddress, reverseName } from './address.ts';
 export type { CacheCount } from './cache.ts';
 
 /**
@@ -64,17 +65,6 @@ export function uncachedResolver(config: ServerSettings): Resolve {
   const wire = wireOptions(config);
   const other = otherTypes(config);
   return (async (name: string, rrtype: string) => (isCached(rrtype) ? (await lookup(name, rrtype, wire)).records : other(name, rrtype))) as Resolve;
-}
-
-/** The in-addr.arpa / ip6.arpa name whose PTR names an address (RFC 1035 §3.5, RFC 3596 §2.5). */
-export function reverseName(ip: string): string {
-  if (net.isIPv4(ip)) return `${ip.split('.').reverse().join('.')}.in-addr.arpa`;
-  const [head, tail] = ip.split('::');
-  const left = head ? head.split(':') : [];
-  const right = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? left : [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
-  const full = groups.map((group) => group.padStart(4, '0'));
-  return `${full.join('').split('').reverse().join('.')}.ip6.arpa`;
 }
 
 /** DNS error codes that mean "try again later", never "does not exist". */

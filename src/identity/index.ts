@@ -1,6 +1,6 @@
 import net from 'node:net';
 import type { Config, EgressConfig } from '../config/index.ts';
-import { isTemporaryDnsError, reverseName, type Resolve } from '../dns/index.ts';
+import { canonicalAddress, isTemporaryDnsError, reverseName, type Resolve } from '../dns/index.ts';
 import type { Logger } from '../observability/index.ts';
 
 /** What the relay knows of one egress address: what receivers will see and whether it holds up. */
@@ -27,9 +27,10 @@ async function lookupAddresses(name: string, resolve: Resolve): Promise<{ addres
   };
 }
 
+/** One address in any notation: `::ffff:192.0.2.1` is 192.0.2.1, `2001:DB8::1` is 2001:db8::1. */
 function sameAddress(a: string, b: string): boolean {
-  if (net.isIPv4(a) || net.isIPv4(b)) return a === b;
-  return new net.SocketAddress({ address: a, family: 'ipv6' }).address === new net.SocketAddress({ address: b, family: 'ipv6' }).address;
+  const address = canonicalAddress(a);
+  return address !== undefined && address === canonicalAddress(b);
 }
 
 /**

@@ -1,13 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import type { Config, ClientUser } from '../config/index.ts';
+import { canonicalAddress } from '../dns/index.ts';
 import { verifyPassword } from './passwords.ts';
-
-/** Clients as smtp-server may report them: IPv4 peers can appear as `::ffff:10.0.0.5`. */
-function plainAddress(address: string): string {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  return mapped ? mapped[1] : address;
-}
 
 /**
  * Who may relay: clients from the listed networks, and users who authenticated. Nobody
@@ -48,7 +43,8 @@ export class ClientAuthorization {
       const user = this.#users.get(userName);
       return user ? { user: user.name, senderDomains: user.senderDomains } : undefined;
     }
-    const plain = plainAddress(address);
+    // IPv4 peers of a dual-stack listener can appear as `::ffff:10.0.0.5`: they are IPv4 clients.
+    const plain = canonicalAddress(address) ?? address;
     const family = net.isIPv4(plain) ? 'ipv4' : 'ipv6';
     const network = this.#networks.find((entry) => entry.list.check(plain, family));
     return network ? { senderDomains: network.senderDomains } : undefined;

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import addressparser from 'nodemailer/lib/addressparser';
+import { canonicalAddress } from '../dns/index.ts';
 import type { ClientInfo } from './transaction.ts';
 
 /** The header section of a message, up to the first empty line, as sent. */
@@ -45,8 +46,8 @@ export function receivedHeader(options: { client: ClientInfo; by: string; id: st
   const { client } = options;
   const protocol = `ESMTP${client.secure ? 'S' : ''}${client.user ? 'A' : ''}`;
   // RFC 5321 §4.4: the address literal, tagged for IPv6; a HELO that is no domain goes in the comment.
-  const plain = client.address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
-  const literal = plain.includes(':') ? `[IPv6:${plain}]` : `[${plain}]`;
+  const address = canonicalAddress(client.address) ?? client.address;
+  const literal = address.includes(':') ? `[IPv6:${address}]` : `[${address}]`;
   const helo = /^[a-z0-9.-]+$/i.test(client.helo) ? client.helo : 'unknown';
   const from = helo === client.helo ? `${helo} (${literal})` : `${helo} (helo=${JSON.stringify(client.helo.replace(/[^\x20-\x7e]/g, '?'))} ${literal})`;
   const forClause = options.recipients.length === 1 ? `\r\n\tfor <${options.recipients[0]}>` : '';
