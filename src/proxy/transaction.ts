@@ -37,7 +37,8 @@ import { clip, failure, outcomeOf, saidOf, type Outcome } from './outcome.ts';
 import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
-import { sendStatusNotification, type Refusal } from './status-notification.ts';
+import { sendStatusNotification } from './status-notification.ts';
+import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
 
 /** What a transaction needs from the running relay. */
 export interface RelayContext {
@@ -100,12 +101,6 @@ interface Leg {
   explanation?: Explanation;
 }
 
-/** What became of one recipient at DATA. */
-interface LegResult {
-  address: string;
-  outcome: Outcome;
-  remoteMta: string;
-}
 
 /** What the reply playbook says about a destination's refusal, as the transaction record shows it. */
 type Explanation = Partial<Pick<Classification, 'category' | 'remediation' | 'rule' | 'provider'>>;
@@ -527,56 +522,25 @@ export class Transaction {
       }),
     );
     const remembered = memoStates.flat().filter(Boolean).length;
-    const accepted = fresh.filter((r) => r.outcome.kind === 'accepted');
-    const temporary = fresh.filter((r) => r.outcome.kind === 'temporary');
-    const permanent = fresh.filter((r) => r.outcome.kind === 'permanent');
-
-    // Every destination answered in one class (and nothing came from the memo): that class is the answer.
-    if (remembered === 0 && accepted.length === 0 && (temporary.length === 0 || permanent.length === 0)) {
-      for (const r of fresh) this.#record(r.address).result = r.outcome.kind === 'temporary' ? 'deferred' : 'refused';
-      return fresh[0].outcome;
-    }
-
-    // Mixed classes. RFC 3464: recipients refused for good are reported to the sender by the relay.
-    let bounced: Refusal[] = [];
-    const refusals: Refusal[] = permanent.map((r) => ({ address: r.address, reply: saidOf(r.outcome)?.reply ?? r.outcome.reply, remoteMta: r.remoteMta }));
-    if (refusals.length && this.#sender === '') {
-      bounced = refusals; // RFC 5321 §6.1: never notify about a notification
-    } else if (refusals.length) {
+    const refusals = toReport(fresh, remembered, this.#sender);
+    let notification: Notification = 'none';
+    if (refusals.length) {
       const sent = await sendStatusNotification(this.#ctx, this.#egress, { id: this.id, sender: this.#sender, refusals, header: message.header, arrival: new Date(this.#started) });
-      if (sent) bounced = refusals;
-      else temporary.push(...permanent.map((r) => ({ ...r, outcome: failure('temporary', 451, '4.3.0', `refused by ${r.remoteMta} and the status notification could not be sent`) })));
+      notification = sent ? 'sent' : 'failed';
     }
-    for (const r of accepted) this.#record(r.address).result = 'delivered';
-    for (const r of bounced) this.#record(r.address).result = 'bounced';
-    for (const r of temporary) this.#record(r.address).result = 'deferred';
-    await memo.record([
-      ...accepted.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'delivered' as const })),
-      ...bounced.map((r) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: r.address }, state: 'bounced' as const })),
-    ]);
-
-    if (temporary.length) {
-      const first = temporary[0].outcome.reply;
-      const enhanced = first.enhanced?.startsWith('4.') ? first.enhanced : '4.3.0';
-      const done = accepted.length + bounced.length + remembered;
-      return failure(
-        'temporary',
-        451,
-        enhanced,
-        clip(`message reached ${done} of ${done + temporary.length} recipients; send it again and only the missing ones will get it; ${temporary.map((r) => `<${r.address}>: ${formatReply(r.outcome.reply)}`).join('; ')}`, 400),
-      );
-    }
-    const note = bounced.length ? `; ${bounced.length} refused${this.#sender ? ', reported to the sender' : ' (null sender: nobody to notify)'}` : '';
-    return { kind: 'accepted', reply: { code: 250, enhanced: '2.0.0', lines: [`message accepted by every destination${note}`] } };
+    const { outcome, fates, remember } = verdict(fresh, remembered, this.#sender, notification);
+    for (const { address, fate } of fates) this.#record(address).result = fate;
+    await memo.record(remember.map(({ address, state }) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: address }, state })));
+    return outcome;
   }
 
   /** Sends the message to one destination for the given recipients; one result per recipient. */
-  async #sendToLeg(leg: Leg, pending: string[], received: Buffer, message: SpooledMessage): Promise<LegResult[]> {
+  async #sendToLeg(leg: Leg, pending: string[], received: Buffer, message: SpooledMessage): Promise<RecipientResult[]> {
     const who = this.#who(leg);
     // The session was lost after some recipients were accepted: they wait for the client's retry.
     if (leg.refused || !leg.connected) return pending.map((address) => ({ address, outcome: leg.refused!, remoteMta: who }));
     const session = leg.connected.session;
-    const results: LegResult[] = [];
+    const results: RecipientResult[] = [];
     const lost = (err: unknown): Outcome =>
       failure('temporary', 451, '4.4.2', `${who}: connection lost during delivery (${err instanceof UpstreamError ? err.kind : 'error'}: ${(err as Error).message})`);
     let recipients = pending;
@@ -617,7 +581,7 @@ export class Transaction {
   }
 
   /** Each recipient's record gets the playbook's reading of its destination's refusal. */
-  #explained(results: LegResult[]): LegResult[] {
+  #explained(results: RecipientResult[]): RecipientResult[] {
     for (const r of results) Object.assign(this.#record(r.address), explain(r.outcome));
     return results;
   }
