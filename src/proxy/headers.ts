@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import addressparser from 'nodemailer/lib/addressparser';
 import { canonicalAddress } from '../dns/index.ts';
-import type { ClientInfo } from './transaction.ts';
+import type { ClientInfo } from './context.ts';
 
 /** The header section of a message, up to the first empty line, as sent. */
 export function rawHeaderSection(head: Buffer): string {

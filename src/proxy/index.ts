@@ -1,3 +1,4 @@
-export { Transaction, senderDomainAllowed, type RelayContext, type ClientInfo, type MailParams } from './transaction.ts';
+export type { ClientInfo, MailParams, RelayContext } from './context.ts';
+export { Transaction, senderDomainAllowed } from './transaction.ts';
 export { createMemo, type DeliveryMemo } from './memo.ts';
 export { failure, toSmtpError, type Outcome } from './outcome.ts';

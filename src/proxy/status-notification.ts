@@ -4,7 +4,7 @@ import type { Egress } from '../identity/index.ts';
 import { formatReply, type Reply } from '../upstream/index.ts';
 import { rawHeaderSection, rfc5322Date } from './headers.ts';
 import { enhancedOf } from './outcome.ts';
-import type { RelayContext } from './transaction.ts';
+import type { RelayContext } from './context.ts';
 
 /** A recipient a destination refused for good after the client had been told nothing yet. */
 export interface Refusal {

@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import type { ConnectionOptions } from 'node:tls';
 import {
   checkSpf,
   judge,
@@ -10,70 +9,30 @@ import {
   RelaxedBodyHash,
   signHeaders,
   spfAdvice,
-  type KeyRing,
   type Prediction,
   type Signature,
   type SigningKey,
   type SpfVerdict,
 } from '../auth/index.ts';
-import type { Config } from '../config/index.ts';
 import {
   classifyReply,
   resolveDestination,
   type Classification,
   type Connected,
   type Destination,
-  type MtaSts,
-  type Shaper,
   type UpstreamLease,
-  type UpstreamPool,
 } from '../delivery/index.ts';
-import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
-import type { DeliveryMemo, MemoKey } from './memo.ts';
+import type { ClientInfo, MailParams, RelayContext } from './context.ts';
+import type { MemoKey } from './memo.ts';
 import { clip, failure, outcomeOf, saidOf, type Outcome } from './outcome.ts';
 import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
 import { sendStatusNotification } from './status-notification.ts';
 import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
-
-/** What a transaction needs from the running relay. */
-export interface RelayContext {
-  config: Config;
-  resolve: Resolve;
-  memo: DeliveryMemo;
-  /** DKIM keys; a transaction keeps the ones it started with across a reload. */
-  keys: KeyRing;
-  logger: Logger;
-  /** Extra TLS options for upstream STARTTLS (tests trust their CA through this). */
-  upstreamTls?: ConnectionOptions;
-  /** Upstream sessions, kept between transactions, and the per-provider limits on them. */
-  upstreams: UpstreamPool;
-  shaper: Shaper;
-  /** MTA-STS policies of recipient domains, cached across transactions. */
-  mtaSts?: MtaSts;
-}
-
-export interface ClientInfo {
-  address: string;
-  helo: string;
-  user?: string;
-  secure: boolean;
-  /** The sender domains this client may use, in MAIL FROM and in From; undefined: any. */
-  senderDomains?: string[];
-}
-
-/** ESMTP parameters of the client's MAIL FROM that the destination should see too. */
-export interface MailParams {
-  size?: number;
-  body?: string;
-  smtputf8?: boolean;
-  /** RFC 8689 REQUIRETLS: every hop must use verified TLS and take the requirement on. */
-  requireTls?: boolean;
-}
 
 /** The message once DATA is complete: where it is kept, its header section, its signatures. */
 interface SpooledMessage {
