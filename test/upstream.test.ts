@@ -8,16 +8,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
-import {
-  MAX_REPLY_LINE,
-  ReplyParser,
-  ReplySyntaxError,
-  UpstreamError,
-  openSession,
-  type Reply,
-  type SessionOptions,
-  type UpstreamErrorKind,
-} from '../src/upstream/index.ts';
+import { MAX_REPLY_LINE, ReplyParser, ReplySyntaxError, type Reply } from '../src/smtp/index.ts';
+import { UpstreamError, openSession, type SessionOptions, type UpstreamErrorKind } from '../src/upstream/index.ts';
 
 const LOOPBACK = '127.0.0.1';
 let key = '';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { outcomeOf, type Outcome } from '../src/proxy/outcome.ts';
+import { outcomeOf, type Outcome } from '../src/smtp/index.ts';
 import { toReport, verdict, type Fate, type Notification, type RecipientResult } from '../src/proxy/verdict.ts';
 
 const reply = (line: string): Outcome => {

@@ -3,8 +3,8 @@ import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
 import { canonicalAddress, type Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
-import { clip, failure, type Outcome, type Said } from '../proxy/outcome.ts';
-import { openSession, UpstreamError, formatReply, type UpstreamSession } from '../upstream/index.ts';
+import { clip, failure, formatReply, type Outcome, type Said } from '../smtp/index.ts';
+import { openSession, UpstreamError, type UpstreamSession } from '../upstream/index.ts';
 import type { Destination, HopAuth, NextHop } from './destination.ts';
 
 /** An open session to one host of a destination, and which host it is. */

@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Config, RouteConfig } from '../config/index.ts';
 import { isTemporaryDnsError, type Resolve } from '../dns/index.ts';
-import type { Outcome } from '../proxy/outcome.ts';
-import { failure } from '../proxy/outcome.ts';
+import { failure, type Outcome } from '../smtp/index.ts';
 import { mxMatches, type MtaSts, type StsPolicy } from './mta-sts.ts';
 
 export interface NextHop {

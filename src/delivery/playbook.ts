@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { ReplyParser, ReplySyntaxError, type Reply } from '../upstream/index.ts';
+import { ReplyParser, ReplySyntaxError, type Reply } from '../smtp/index.ts';
 
 /**
  * The reply playbook (DESIGN §5): which kind of trouble a destination's refusal names, and

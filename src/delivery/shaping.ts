@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { failure, type Outcome } from '../proxy/outcome.ts';
+import { failure, type Outcome } from '../smtp/index.ts';
 import type { SharedStore } from '../redis/index.ts';
 
 export type ProviderConfig = Config['delivery']['providers'][string] & { name: string };

@@ -5,7 +5,8 @@ import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import type { Config, ListenerConfig } from '../config/index.ts';
 import type { EgressPool } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { Transaction, failure, senderDomainAllowed, toSmtpError, type Outcome, type RelayContext } from '../proxy/index.ts';
+import { Transaction, senderDomainAllowed, type RelayContext } from '../proxy/index.ts';
+import { failure, toSmtpError, type Outcome } from '../smtp/index.ts';
 import { ClientAuthorization } from './authorization.ts';
 import { adoptListener } from './smtp-server-fixes.ts';
 

@@ -1,4 +1,3 @@
 export type { ClientInfo, MailParams, RelayContext } from './context.ts';
 export { Transaction, senderDomainAllowed } from './transaction.ts';
 export { createMemo, type DeliveryMemo } from './memo.ts';
-export { failure, toSmtpError, type Outcome } from './outcome.ts';

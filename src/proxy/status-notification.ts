@@ -1,9 +1,8 @@
 import MimeNode from 'nodemailer/lib/mime-node';
 import { connectDestination, resolveDestination, routeDestination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
-import { formatReply, type Reply } from '../upstream/index.ts';
+import { enhancedOf, formatReply, type Reply } from '../smtp/index.ts';
 import { rawHeaderSection, rfc5322Date } from './headers.ts';
-import { enhancedOf } from './outcome.ts';
 import type { RelayContext } from './context.ts';
 
 /** A recipient a destination refused for good after the client had been told nothing yet. */

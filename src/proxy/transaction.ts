@@ -24,10 +24,10 @@ import {
 } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { formatReply, UpstreamError, type Reply } from '../upstream/index.ts';
+import { clip, failure, formatReply, outcomeOf, saidOf, type Outcome, type Reply } from '../smtp/index.ts';
+import { UpstreamError } from '../upstream/index.ts';
 import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
-import { clip, failure, outcomeOf, saidOf, type Outcome } from './outcome.ts';
 import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';

@@ -1,6 +1,5 @@
-import { formatReply } from '../upstream/index.ts';
+import { clip, failure, formatReply, saidOf, type Outcome } from '../smtp/index.ts';
 import type { MemoState } from './memo.ts';
-import { clip, failure, saidOf, type Outcome } from './outcome.ts';
 import type { Refusal } from './status-notification.ts';
 
 /** What one destination's DATA (or the session before it) did for one recipient. */

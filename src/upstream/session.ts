@@ -1,6 +1,6 @@
 import net from 'node:net';
 import tls from 'node:tls';
-import { ReplyParser, formatReply, type Reply } from './reply.ts';
+import { ReplyParser, formatReply, type Reply } from '../smtp/index.ts';
 
 /**
  * `opportunistic`: STARTTLS when offered, any certificate, plain text otherwise (RFC 7435).

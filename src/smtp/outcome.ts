@@ -1,4 +1,4 @@
-import type { Reply } from '../upstream/index.ts';
+import type { Reply } from './reply.ts';
 
 /** A destination's own refusal behind an outcome, and the MX host that gave it: what the reply playbook reads. */
 export interface Said {
