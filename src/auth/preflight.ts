@@ -74,13 +74,16 @@ export async function checkSpf(sender: string, ctx: PreflightContext): Promise<S
   return { result: result.status.result as SpfVerdict['result'], domain: result.domain, record: result.rr || undefined };
 }
 
+/** RFC 2045 §5.1 token: what strict mode requires of an authserv-id (RFC 8601 §2.2). */
+const TOKEN = /^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$/;
+
 /**
- * RFC 8601 §2.5: the authserv-id is a token, which strict mode enforces. The HELO is a host
- * name, or for an egress whose name does not verify an address literal (RFC 5321 §4.1.3),
- * which loses its brackets; only IPv4 egress is used unverified, so that is a token too.
+ * Who writes the predicted Authentication-Results (RFC 8601 §2.5): the egress HELO, a host
+ * name as a rule, else the relay by its name, e.g. for an address-literal HELO (RFC 5321
+ * §4.1.3) or a PTR name that is no token.
  */
 function authservId(helo: string): string {
-  return helo.replace(/^\[(.*)\]$/, '$1');
+  return TOKEN.test(helo) ? helo : 'hygiene-relay';
 }
 
 /** The receiver's verdict on the signed message: mailauth's authenticate(), as Gmail's would run. */

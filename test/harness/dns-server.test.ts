@@ -128,6 +128,16 @@ test('TXT: a short record stays on UDP', async (t) => {
   assert.deepEqual(server.queries, [{ name: 'example.com', type: 'TXT', transport: 'udp' }]);
 });
 
+test('SPF (type 99): served in TXT format, apart from the TXT records of the name', async (t) => {
+  const server = await startServer(t);
+  server.add('example.com', { type: 'SPF', data: ['v=spf1 ', '-all'] });
+  // dns-packet's types do not list SPF, its codec does (as type 99 with raw rdata).
+  const { packet } = await udpExchange(server, dnsPacket.encode(query('example.com', 'SPF' as unknown as 'TXT')));
+  const [answer] = (packet.answers ?? []) as unknown as { type: string; data: Buffer }[];
+  assert.deepEqual([answer.type, answer.data], ['SPF', Buffer.from('\x07v=spf1 \x04-all', 'latin1')]);
+  await assert.rejects(resolverFor(server).resolveTxt('example.com'), { code: 'ENODATA' });
+});
+
 test('TXT: a 600-byte record is split into 255-byte strings and, too big for UDP, arrives over TCP', async (t) => {
   const server = await startServer(t);
   let spf = 'v=spf1';

@@ -13,8 +13,12 @@ export type RecordData =
   | { type: 'A' | 'AAAA' | 'PTR' | 'CNAME' | 'NS'; data: string; ttl?: number }
   /** `exchange: '.'` is a null MX (RFC 7505). */
   | { type: 'MX'; data: { preference: number; exchange: string }; ttl?: number }
-  /** A single string longer than 255 bytes is split into 255-byte character-strings. */
-  | { type: 'TXT'; data: string | string[]; ttl?: number };
+  /**
+   * A single string longer than 255 bytes is split into 255-byte character-strings. `SPF` is
+   * type 99 (RFC 4408 §3.1.1, TXT's format), which RFC 7208 §14.1 retired: served so that a
+   * test can tell that nobody uses it.
+   */
+  | { type: 'TXT' | 'SPF'; data: string | string[]; ttl?: number };
 
 export type RecordType = RecordData['type'];
 
@@ -42,7 +46,7 @@ export interface QueryLogEntry {
 type StoredRecord =
   | { type: 'A' | 'AAAA' | 'PTR' | 'CNAME' | 'NS'; ttl: number; data: string }
   | { type: 'MX'; ttl: number; data: { preference: number; exchange: string } }
-  | { type: 'TXT'; ttl: number; data: string[] };
+  | { type: 'TXT' | 'SPF'; ttl: number; data: string[] };
 
 const DEFAULT_TTL = 300;
 const DEFAULT_NEGATIVE_TTL = 60;
@@ -384,12 +388,13 @@ function toStored(record: RecordData): StoredRecord {
       checkName(exchange);
       return { type: 'MX', ttl, data: { preference, exchange: exchange === '.' ? '.' : exchange.replace(/\.$/, '') } };
     }
-    case 'TXT': {
+    case 'TXT':
+    case 'SPF': {
       const strings = typeof record.data === 'string' ? splitCharacterStrings(record.data) : record.data;
       for (const s of strings) {
-        if (Buffer.byteLength(s) > 255) throw new Error('DnsServer: a TXT character-string given as an array element must be at most 255 bytes');
+        if (Buffer.byteLength(s) > 255) throw new Error(`DnsServer: a ${record.type} character-string given as an array element must be at most 255 bytes`);
       }
-      return { type: 'TXT', ttl, data: [...strings] };
+      return { type: record.type, ttl, data: [...strings] };
     }
   }
 }
@@ -424,6 +429,9 @@ function toAnswer(owner: string, record: StoredRecord): Answer {
     case 'TXT':
       // dns-packet's TXT encoder replaces the array's strings with Buffers in place.
       return { type: 'TXT', name, ttl: record.ttl, data: [...record.data] };
+    case 'SPF':
+      // dns-packet has no SPF codec: the rdata as raw bytes, character-strings as TXT's (RFC 1035 §3.3.14).
+      return { type: 'SPF', name, ttl: record.ttl, data: Buffer.concat(record.data.map((text) => Buffer.concat([Buffer.from([Buffer.byteLength(text)]), Buffer.from(text)]))) } as unknown as Answer;
     default:
       return { type: record.type, name, ttl: record.ttl, data: record.data };
   }
