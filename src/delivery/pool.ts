@@ -3,7 +3,8 @@ import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
-import { formatReply, saidOf, type Outcome } from '../smtp/index.ts';
+import { formatReply, saidOf, type Outcome, type Reply } from '../smtp/index.ts';
+import type { MessageSource } from '../upstream/index.ts';
 import { connectDestination, type Connected } from './connect.ts';
 import type { Destination } from './destination.ts';
 import { classifyReply } from './playbook.ts';
@@ -12,12 +13,23 @@ import { providerOf, type ProviderConfig, type SessionSlot, type Shaper } from '
 /** How long an idle session may take to answer the RSET that checks it before reuse. */
 const HEALTH_CHECK_MS = 10_000;
 
-/** One transaction's use of an upstream session. */
+/**
+ * One transaction's use of an upstream session. Its commands go through the lease, which
+ * hears every reply: a reply the playbook reads as "slow down" pauses the provider (and the
+ * session carries nothing more), and a message accepted at DATA counts towards the
+ * provider's ramp. The greeting is heard the same way when the session opens.
+ */
 export interface UpstreamLease {
   connected: Connected;
   provider: ProviderConfig | undefined;
   /** True when the session had carried an earlier transaction. */
   reused: boolean;
+  /** The destination told this session to slow down (and the provider is paused). */
+  readonly throttled: boolean;
+  mailFrom(sender: string, params: Record<string, string>): Promise<Reply>;
+  rcptTo(address: string): Promise<Reply>;
+  data(message: MessageSource): Promise<Reply>;
+  rset(): Promise<Reply>;
   /**
    * The transaction is done with the session: kept for the next one when `reusable` (it
    * ended cleanly), ended with QUIT otherwise.
@@ -73,7 +85,7 @@ export class UpstreamPool {
     let slot: SessionSlot | undefined;
     for (let pollMs = 25; ; pollMs = Math.min(pollMs * 2, 500)) {
       const idle = await this.#checkout(key);
-      if (idle) return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, provider, true, delivery);
+      if (idle) return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, provider, egress.ip, true, delivery);
       if (!provider) break;
       const granted = await this.#shaper.trySession(provider, egress.ip);
       if ('release' in granted) {
@@ -96,11 +108,20 @@ export class UpstreamPool {
         await this.#shaper.refund(provider, egress.ip);
         // A throttling reply at the greeting (Yahoo's [TSS04]) pauses the provider like one at RCPT.
         const said = saidOf(connected);
-        if (said && classifyReply(said.reply, { mxHost: said.mxHost })?.pause) await this.throttled(provider, egress.ip, formatReply(said.reply));
+        if (said) await this.#hear(said.reply, said.mxHost, provider, egress.ip);
       }
       return connected;
     }
-    return this.#lease(key, connected, { slot, shapingKey }, provider, false, delivery);
+    return this.#lease(key, connected, { slot, shapingKey }, provider, egress.ip, false, delivery);
+  }
+
+  /**
+   * A reply the playbook reads as "slow down" pauses the provider from this egress: the
+   * promise settles once the pause is recorded; undefined for any other reply.
+   */
+  #hear(reply: Reply, mxHost: string, provider: ProviderConfig | undefined, egressIp: string): Promise<void> | undefined {
+    if (!provider || !classifyReply(reply, { mxHost })?.pause) return undefined;
+    return this.throttled(provider, egressIp, formatReply(reply));
   }
 
   /** The provider said to slow down: pause it, and close its idle sessions from that egress. */
@@ -122,19 +143,42 @@ export class UpstreamPool {
     connected: Connected,
     { slot, shapingKey }: { slot: SessionSlot | undefined; shapingKey: string | undefined },
     provider: ProviderConfig | undefined,
+    egressIp: string,
     reused: boolean,
     delivery: Config['delivery'],
   ): UpstreamLease {
     let finished = false;
+    let throttled = false;
+    const { session, mxHost } = connected;
+    const hear = (reply: Reply): Reply => {
+      // The session carries nothing more from now on; the pause needs no waiting for.
+      const pausing = this.#hear(reply, mxHost, provider, egressIp);
+      if (pausing) {
+        throttled = true;
+        void pausing;
+      }
+      return reply;
+    };
     return {
       connected,
       provider,
       reused,
+      get throttled() {
+        return throttled;
+      },
+      mailFrom: async (sender, params) => hear(await session.mailFrom(sender, params)),
+      rcptTo: async (address) => hear(await session.rcptTo(address)),
+      data: async (message) => {
+        const reply = hear(await session.data(message));
+        if (provider && reply.code >= 200 && reply.code < 300) void this.#shaper.delivered(provider, egressIp);
+        return reply;
+      },
+      rset: () => session.rset(),
       finish: async (reusable) => {
         if (finished) return;
         finished = true;
         const idle = this.#idle.get(key) ?? [];
-        if (!reusable || this.#closed || connected.session.closed || idle.length >= delivery.pool.maxIdle || delivery.pool.idleTimeout === 0) {
+        if (!reusable || throttled || this.#closed || connected.session.closed || idle.length >= delivery.pool.maxIdle || delivery.pool.idleTimeout === 0) {
           return this.#end(connected, slot);
         }
         const entry: Idle = {

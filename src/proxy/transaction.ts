@@ -14,25 +14,19 @@ import {
   type SigningKey,
   type SpfVerdict,
 } from '../auth/index.ts';
-import {
-  classifyReply,
-  resolveDestination,
-  type Classification,
-  type Connected,
-  type Destination,
-  type UpstreamLease,
-} from '../delivery/index.ts';
+import { resolveDestination, type Destination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { clip, failure, formatReply, outcomeOf, saidOf, type Outcome, type Reply } from '../smtp/index.ts';
-import { UpstreamError } from '../upstream/index.ts';
+import { clip, failure, formatReply, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
 import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
+import { Leg } from './leg.ts';
+import { explain, type RecipientRecord } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
-import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
+import { toReport, verdict, type Notification } from './verdict.ts';
 
 /** The message once DATA is complete: where it is kept, its header section, its signatures. */
 interface SpooledMessage {
@@ -42,43 +36,6 @@ interface SpooledMessage {
   signatures: Buffer;
   /** Where the rest of the message (after the original header section) starts in the spool. */
   offset: number;
-}
-
-/** One destination's upstream session within the transaction. */
-interface Leg {
-  destination: Destination;
-  lease?: UpstreamLease;
-  connected?: Connected;
-  /** The session failed mid-command: it must not carry another transaction. */
-  broken?: boolean;
-  /** Why no recipient can go this way (connection or MAIL FROM refused): every RCPT gets it. */
-  refused?: Outcome;
-  /** Recipients the destination accepted at RCPT. */
-  recipients: string[];
-  data?: string;
-  /** The playbook on the destination's refusal of the session, MAIL FROM or DATA. */
-  explanation?: Explanation;
-}
-
-
-/** What the reply playbook says about a destination's refusal, as the transaction record shows it. */
-type Explanation = Partial<Pick<Classification, 'category' | 'remediation' | 'rule' | 'provider'>>;
-
-/** Explains the destination's own reply behind an outcome; nothing for acceptances and the relay's own answers. */
-function explain(outcome: Outcome | undefined): Explanation {
-  const said = outcome && saidOf(outcome);
-  const classification = said && classifyReply(said.reply, { mxHost: said.mxHost });
-  if (!classification) return {};
-  const { category, remediation, rule, provider } = classification;
-  return { category, remediation, rule, provider };
-}
-
-interface RecipientRecord extends Explanation {
-  address: string;
-  destination?: string;
-  rcpt: string;
-  data?: string;
-  result: 'accepted' | 'refused' | 'deferred' | 'delivered' | 'bounced' | 'already-delivered' | 'already-bounced';
 }
 
 const ACCEPTED: Outcome = { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
@@ -147,43 +104,9 @@ export class Transaction {
     this.#logger = ctx.logger;
   }
 
-  /** Prefixes a destination's reply so the admin can tell who said it and find the log record. */
-  #relayed(reply: Reply, who: string): Reply {
-    return { code: reply.code, enhanced: reply.enhanced ?? `${Math.floor(reply.code / 100)}.0.0`, lines: [`${who} said: ${clip(reply.lines.join(' '))} (relay id ${this.id})`] };
-  }
-
-  /**
-   * A destination's reply as the client's outcome. Only 2xx accepts: any other reply below
-   * 400 is out of protocol and must not count as delivery. A 421 ends only our session with
-   * that destination (RFC 5321 §3.8), so the client hears 451: smtp-server would close the
-   * client's own connection on a 421.
-   */
-  #said(reply: Reply, leg: Leg, command: string): Outcome {
-    const who = this.#who(leg);
-    if (reply.code >= 200 && reply.code < 300) return { kind: 'accepted', reply: this.#relayed(reply, who) };
-    if (reply.code < 400 || reply.code > 599) {
-      return failure('temporary', 451, '4.5.0', `${who} answered ${command} with "${clip(formatReply(reply))}", which is not a valid reply there`);
-    }
-    // The reply as given (a 421 still 421, the text unclipped) stays with the outcome for the playbook.
-    const said = { reply, mxHost: leg.connected?.mxHost ?? leg.destination.hops[0].name };
-    // RFC 5321 §3.8: after 421 the server is closing; that session carries nothing more.
-    if (reply.code === 421) leg.broken = true;
-    const provider = leg.lease?.provider;
-    if (provider && classifyReply(reply, { mxHost: said.mxHost })?.pause) {
-      // The session that was told to slow down carries nothing more either.
-      leg.broken = true;
-      void this.#ctx.upstreams.throttled(provider, this.#egress.ip, formatReply(reply));
-    }
-    return outcomeOf(this.#relayed(reply.code === 421 ? { ...reply, code: 451 } : reply, who), `${command} refused: ${formatReply(reply)}`, said);
-  }
-
   #own(outcome: Outcome): Outcome {
     if (outcome.reply.lines.join(' ').endsWith(`(relay id ${this.id})`)) return outcome;
     return { ...outcome, reply: { ...outcome.reply, lines: [`${outcome.reply.lines.join(' ')} (relay id ${this.id})`] } };
-  }
-
-  #who(leg: Leg): string {
-    return leg.connected ? `${leg.connected.mxHost} [${leg.connected.mxIp}]` : leg.destination.hops[0].name;
   }
 
   async #route(domain: string): Promise<Destination | Outcome> {
@@ -193,49 +116,6 @@ export class Transaction {
       this.#routing.set(domain, routing);
     }
     return routing;
-  }
-
-  #mailParams(connected: Connected, destination: Destination): Record<string, string> {
-    const params: Record<string, string> = {};
-    const offered = connected.session.extensions;
-    if (this.#params.size && offered.has('SIZE')) params.SIZE = String(this.#params.size);
-    if (this.#params.body && offered.has('8BITMIME')) params.BODY = this.#params.body;
-    if (this.#params.smtputf8 && offered.has('SMTPUTF8')) params.SMTPUTF8 = '';
-    // connectDestination made sure the session offers it (RFC 8689 §4.2.1).
-    if (destination.tls.requireTls) params.REQUIRETLS = '';
-    return params;
-  }
-
-  async #openLeg(destination: Destination): Promise<Leg> {
-    const leg: Leg = { destination, recipients: [] };
-    this.#legs.set(destination.key, leg);
-    const lease = await this.#ctx.upstreams.open(destination, this.#egress, this.#ctx.config.delivery);
-    if ('kind' in lease) {
-      leg.refused = lease;
-      leg.explanation = explain(lease);
-      return leg;
-    }
-    leg.lease = lease;
-    const connected = (leg.connected = lease.connected);
-    if (connected.wouldFail) {
-      this.#logger.warn(
-        { id: this.id, destination: destination.label, mxHost: connected.mxHost, mtaSts: destination.tls.mtaSts, wouldFail: connected.wouldFail },
-        'MTA-STS testing: delivering, but the policy in enforce mode would not allow it',
-      );
-    }
-    try {
-      const mail = this.#said(await connected.session.mailFrom(this.#sender, this.#mailParams(connected, destination)), leg, 'MAIL FROM');
-      if (mail.kind !== 'accepted') {
-        leg.refused = mail;
-        leg.explanation = explain(mail);
-      }
-    } catch (err) {
-      leg.broken = true;
-      leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost after greeting (${(err as Error).message})`);
-    }
-    // The client left while this session was being opened.
-    if (this.#closed) void lease.finish(!leg.broken);
-    return leg;
   }
 
   /** RCPT: routes the recipient, opens its destination's session if needed, and forwards it. */
@@ -256,23 +136,15 @@ export class Transaction {
   async #forwardRecipient(address: string, record: RecipientRecord): Promise<Outcome> {
     const destination = await this.#route(domainOf(address));
     if ('kind' in destination) return this.#own(destination);
-    const leg = this.#legs.get(destination.key) ?? (await this.#openLeg(destination));
-    record.destination = this.#who(leg);
-    if (leg.refused) return this.#own(leg.refused);
-    const session = leg.connected!.session;
-    // RFC 6531 §3.4: a non-ASCII mailbox needs SMTPUTF8 all the way.
-    if (/[^\x00-\x7f]/.test(address) && !session.extensions.has('SMTPUTF8')) {
-      return this.#own(failure('permanent', 553, '5.6.7', `${this.#who(leg)} does not support SMTPUTF8, needed for <${address}>`));
+    let leg = this.#legs.get(destination.key);
+    if (!leg) {
+      leg = await Leg.open(destination, { id: this.id, sender: this.#sender, params: this.#params, egress: this.#egress, ctx: this.#ctx });
+      this.#legs.set(destination.key, leg);
+      // The client left while this session was being opened.
+      if (this.#closed) void leg.finish();
     }
-    try {
-      const outcome = this.#said(await session.rcptTo(address), leg, 'RCPT TO');
-      if (outcome.kind === 'accepted') leg.recipients.push(address);
-      return outcome;
-    } catch (err) {
-      leg.broken = true;
-      leg.refused = failure('temporary', 451, '4.4.2', `${this.#who(leg)}: connection lost (${(err as Error).message})`);
-      return this.#own(leg.refused);
-    }
+    record.destination = leg.who;
+    return this.#own(await leg.rcpt(address));
   }
 
   /**
@@ -468,7 +340,9 @@ export class Transaction {
           if (state) this.#record(address).result = state === 'delivered' ? 'already-delivered' : 'already-bounced';
         });
         if (pending.length === 0) return [];
-        return this.#sendToLeg(leg, pending, received, message);
+        const results = await leg.send(pending, () => this.#outgoing(received, message, true));
+        for (const r of results) Object.assign(this.#record(r.address), r.data === undefined ? {} : { data: r.data }, explain(r.outcome));
+        return results;
       }),
     );
     const fresh = results.flat();
@@ -476,7 +350,7 @@ export class Transaction {
     legs.forEach((leg, i) =>
       leg.recipients.forEach((address, j) => {
         if (!memoStates[i][j] && !fresh.some((r) => r.address === address)) {
-          fresh.push({ address, outcome: failure('temporary', 451, '4.3.0', `no result from ${this.#who(leg)}`), remoteMta: this.#who(leg) });
+          fresh.push({ address, outcome: failure('temporary', 451, '4.3.0', `no result from ${leg.who}`), remoteMta: leg.who });
         }
       }),
     );
@@ -491,58 +365,6 @@ export class Transaction {
     for (const { address, fate } of fates) this.#record(address).result = fate;
     await memo.record(remember.map(({ address, state }) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: address }, state })));
     return outcome;
-  }
-
-  /** Sends the message to one destination for the given recipients; one result per recipient. */
-  async #sendToLeg(leg: Leg, pending: string[], received: Buffer, message: SpooledMessage): Promise<RecipientResult[]> {
-    const who = this.#who(leg);
-    // The session was lost after some recipients were accepted: they wait for the client's retry.
-    if (leg.refused || !leg.connected) return pending.map((address) => ({ address, outcome: leg.refused!, remoteMta: who }));
-    const session = leg.connected.session;
-    const results: RecipientResult[] = [];
-    const lost = (err: unknown): Outcome =>
-      failure('temporary', 451, '4.4.2', `${who}: connection lost during delivery (${err instanceof UpstreamError ? err.kind : 'error'}: ${(err as Error).message})`);
-    let recipients = pending;
-    try {
-      // Some recipients of this destination already have the message: start over with the rest.
-      if (pending.length < leg.recipients.length) {
-        await session.rset();
-        const mailOutcome = this.#said(await session.mailFrom(this.#sender, this.#mailParams(leg.connected, leg.destination)), leg, 'MAIL FROM');
-        if (mailOutcome.kind !== 'accepted') {
-          leg.explanation = explain(mailOutcome);
-          return this.#explained(pending.map((address) => ({ address, outcome: mailOutcome, remoteMta: who })));
-        }
-        recipients = [];
-        for (const address of pending) {
-          const outcome = this.#said(await session.rcptTo(address), leg, 'RCPT TO');
-          if (outcome.kind === 'accepted') recipients.push(address);
-          else results.push({ address, outcome, remoteMta: who });
-        }
-        if (recipients.length === 0) return this.#explained(results);
-      }
-      const reply = await session.data(this.#outgoing(received, message, true));
-      leg.data = formatReply(reply);
-      const outcome = this.#said(reply, leg, 'DATA');
-      leg.explanation = explain(outcome);
-      if (outcome.kind === 'accepted' && leg.lease?.provider) void this.#ctx.shaper.delivered(leg.lease.provider, this.#egress.ip);
-      for (const address of recipients) {
-        this.#record(address).data = leg.data;
-        results.push({ address, outcome, remoteMta: who });
-      }
-    } catch (err) {
-      leg.broken = true;
-      const outcome = lost(err);
-      leg.data = formatReply(outcome.reply);
-      // Whoever has no result yet (the session may have died in the middle of the RCPTs) is deferred.
-      for (const address of pending) if (!results.some((r) => r.address === address)) results.push({ address, outcome, remoteMta: who });
-    }
-    return this.#explained(results);
-  }
-
-  /** Each recipient's record gets the playbook's reading of its destination's refusal. */
-  #explained(results: RecipientResult[]): RecipientResult[] {
-    for (const r of results) Object.assign(this.#record(r.address), explain(r.outcome));
-    return results;
   }
 
   /**
@@ -561,7 +383,7 @@ export class Transaction {
   /** Done with every upstream session: back to the pool when it ended cleanly; safe to call more than once. */
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.all([...this.#legs.values()].map((leg) => leg.lease?.finish(!leg.broken)));
+    await Promise.all([...this.#legs.values()].map((leg) => leg.finish()));
   }
 
   /** Ends a transaction before DATA completed: the client left or started over, or the relay refused it. */

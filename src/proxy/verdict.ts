@@ -8,6 +8,8 @@ export interface RecipientResult {
   outcome: Outcome;
   /** Who said it: `mx host [ip]`, or the destination's name when no session was open. */
   remoteMta: string;
+  /** The destination's reply to DATA, when that reply decided it. */
+  data?: string;
 }
 
 /** What became of a recipient, as the transaction record says it. */
