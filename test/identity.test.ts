@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { parseConfig } from '../src/config/index.ts';
-import { canonicalAddress, reverseName, uncachedResolver } from '../src/dns/index.ts';
+import { uncachedResolver } from '../src/dns/index.ts';
+import { canonicalAddress, reverseName } from '../src/ip/index.ts';
 import { EgressPool, IdentityError, verifyEgress } from '../src/identity/index.ts';
 import { createLogger } from '../src/observability/index.ts';
 import { startRelay } from '../src/relay.ts';

@@ -5,7 +5,8 @@ import { gunzipSync } from 'node:zlib';
 import { parseAllDocuments } from 'yaml';
 import { checkSpf, predict } from '../src/auth/index.ts';
 import { parseConfig } from '../src/config/index.ts';
-import { canonicalAddress, createResolver, type Resolver } from '../src/dns/index.ts';
+import { createResolver, type Resolver } from '../src/dns/index.ts';
+import { canonicalAddress } from '../src/ip/index.ts';
 import { createLogger } from '../src/observability/index.ts';
 import { DnsServer, type RecordData } from './harness/dns-server.ts';
 

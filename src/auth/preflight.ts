@@ -2,7 +2,8 @@ import net from 'node:net';
 import { Readable } from 'node:stream';
 import { authenticate, dmarc as evaluateDmarc, spf, type AuthenticateResult, type DNSResolver } from 'mailauth';
 import type { Config } from '../config/index.ts';
-import { canonicalAddress, type Resolve } from '../dns/index.ts';
+import type { Resolve } from '../dns/index.ts';
+import { canonicalAddress } from '../ip/index.ts';
 import type { SigningKey } from './dkim/keys.ts';
 import { checkPublished } from './dkim/record.ts';
 

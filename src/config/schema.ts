@@ -2,7 +2,7 @@ import { getServers } from 'node:dns';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { z } from 'zod';
-import { canonicalAddress } from '../dns/index.ts';
+import { canonicalAddress } from '../ip/index.ts';
 
 /** "30s", "5m", "1h", "5d", "250ms", or a number of seconds: always read as milliseconds. */
 const duration = z.union([z.number().nonnegative(), z.string()]).transform((value, ctx) => {

@@ -1,7 +1,8 @@
 import net from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
-import { canonicalAddress, type Resolve } from '../dns/index.ts';
+import type { Resolve } from '../dns/index.ts';
+import { canonicalAddress } from '../ip/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { clip, failure, formatReply, type Outcome, type Said } from '../smtp/index.ts';
 import { openSession, UpstreamError, type UpstreamSession } from '../upstream/index.ts';

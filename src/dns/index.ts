@@ -6,7 +6,6 @@ import { connectShared, type SharedStore } from '../redis/index.ts';
 import { DnsCache, type CacheCount } from './cache.ts';
 import { CACHED_TYPES, lookup, type CachedType, type WireOptions } from './wire.ts';
 
-export { canonicalAddress, reverseName } from './address.ts';
 export type { CacheCount } from './cache.ts';
 
 /**

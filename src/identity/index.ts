@@ -1,6 +1,7 @@
 import net from 'node:net';
 import type { Config, EgressConfig } from '../config/index.ts';
-import { canonicalAddress, isTemporaryDnsError, reverseName, type Resolve } from '../dns/index.ts';
+import { isTemporaryDnsError, type Resolve } from '../dns/index.ts';
+import { canonicalAddress, reverseName } from '../ip/index.ts';
 import type { Logger } from '../observability/index.ts';
 
 /** What the relay knows of one egress address: what receivers will see and whether it holds up. */

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import type { Config, ClientUser } from '../config/index.ts';
-import { canonicalAddress } from '../dns/index.ts';
+import { canonicalAddress } from '../ip/index.ts';
 import { verifyPassword } from './passwords.ts';
 
 /**

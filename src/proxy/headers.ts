@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import addressparser from 'nodemailer/lib/addressparser';
-import { canonicalAddress } from '../dns/index.ts';
+import { canonicalAddress } from '../ip/index.ts';
 import type { ClientInfo } from './context.ts';
 
 /** The header section of a message, up to the first empty line, as sent. */

@@ -1,3 +1,5 @@
+// IP addresses as the relay writes them: one canonical text form, and the DNS name of each
+// address's PTR. The ground floor: config, DNS, identity, delivery and inbound all parse addresses.
 import net from 'node:net';
 
 /**
