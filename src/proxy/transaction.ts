@@ -24,7 +24,7 @@ import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSecti
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
-import { explain, type RecipientRecord } from './record.ts';
+import { explain, transactionRecord, type MessageFacts, type RecipientRecord } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
 import { toReport, verdict, type Notification } from './verdict.ts';
 
@@ -394,47 +394,23 @@ export class Transaction {
     if (!this.#finished) this.#log(typeof reason === 'string' ? failure('temporary', 451, '4.3.0', reason) : reason, {});
   }
 
-  #log(outcome: Outcome, data: { size?: number; messageId?: string; dkim?: Signature[] | string; sha256?: string; spooledToDisk?: boolean; dataMs?: number }): void {
+  #log(outcome: Outcome, message: MessageFacts): void {
     if (this.#finished) return;
     this.#finished = true;
-    const upstream = [...this.#legs.values()].map(({ destination, connected, lease, data, refused, explanation }) => ({
-      destination: destination.key,
-      mxHost: connected?.mxHost,
-      mxIp: connected?.mxIp,
-      // What TLS the destination needed (who demanded verified TLS, MTA-STS, REQUIRETLS) and what the session had.
-      tlsPolicy: {
-        required: destination.tls.requiredBy.length ? destination.tls.requiredBy : undefined,
-        requireTls: destination.tls.requireTls || undefined,
-        mtaSts: destination.tls.mtaSts ? { mode: destination.tls.mtaSts.mode, id: destination.tls.mtaSts.id, excluded: destination.tls.mtaSts.excluded } : undefined,
-        wouldFail: connected?.wouldFail,
-      },
-      tls: connected?.session.tls ?? null,
-      reused: lease?.reused,
-      auth: connected?.authUser,
-      skipped: connected?.skipped.length ? connected.skipped : undefined,
-      data,
-      refused: refused ? formatReply(refused.reply) : undefined,
-      ...explanation,
-    }));
-    this.#logger.info(
-      {
-        id: this.id,
-        client: { ip: this.#client.address, helo: this.#client.helo, user: this.#client.user, tls: this.#client.secure },
-        envelope: { mailFrom: this.#sender, rcptTo: this.#recipients.map((r) => r.address) },
-        recipients: this.#recipients,
-        egress: { ip: this.#egress.ip, helo: this.#egress.helo, verified: this.#egress.verified },
-        spf: this.#spf,
-        preflight: this.#preflightRecord,
-        addedHeaders: this.#added.length ? this.#added : undefined,
-        upstream,
-        ...data,
-        outcome: outcome.kind,
-        reply: formatReply(outcome.reply),
-        // When the answer is a destination's own refusal: what it means and what to do.
-        ...explain(outcome),
-        ms: Date.now() - this.#started,
-      },
-      'transaction',
-    );
+    const record = transactionRecord({
+      id: this.id,
+      client: this.#client,
+      sender: this.#sender,
+      recipients: this.#recipients,
+      egress: this.#egress,
+      spf: this.#spf,
+      preflight: this.#preflightRecord,
+      addedHeaders: this.#added,
+      legs: [...this.#legs.values()],
+      message,
+      outcome,
+      started: this.#started,
+    });
+    this.#logger.info(record, 'transaction');
   }
 }
