@@ -4,6 +4,7 @@ import { authenticate, dmarc as evaluateDmarc, spf, type AuthenticateResult, typ
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import { canonicalAddress } from '../ip/index.ts';
+import { clip, failure, type Outcome } from '../smtp/index.ts';
 import type { SigningKey } from './dkim/keys.ts';
 import { checkPublished } from './dkim/record.ts';
 
@@ -197,17 +198,42 @@ export function spfAdvice(verdict: SpfVerdict, ip: string): string {
 export interface PolicyVerdict {
   /** The checks the policy requires that would not pass. */
   failed: Check[];
-  /** A required check could not be decided because of a DNS failure: only a retry can tell. */
-  temporary: boolean;
   /** One sentence per failed check: what was found and what to publish. */
   reasons: string[];
+  /** What the client is answered when the policy enforces; undefined when every required check passes. */
+  refusal?: Outcome;
 }
 
-/** Which required checks the prediction fails, and why in words an admin can act on. */
-export function judge(policy: Policy, prediction: Prediction, advice: { ip: string; dkim: string }): PolicyVerdict {
+/** What an admin does about a DKIM failure of the author domain. */
+function dkimAdvice(author: string, keys: number): string {
+  return keys === 0
+    ? `no DKIM key is configured for ${author}: create one with "hygiene-relay dkim keygen --domain ${author} --selector s1", publish its TXT record and add it under domains`
+    : `the DKIM signature of ${author} does not verify: run "hygiene-relay dkim check" and publish the record it names`;
+}
+
+/**
+ * The refusal for failed checks. A DNS failure decides nothing, only a retry can tell:
+ * 451 4.4.3 (RFC 7208 §8.6 for SPF, the same for DKIM and DMARC lookups). Otherwise the RFC
+ * 7372 code of what failed: X.7.23 SPF validation failed (§3.2), X.7.20 no passing DKIM
+ * signature (§3.1), X.7.26 several checks failed (§3.4), which a DMARC failure always is
+ * (neither SPF nor DKIM passed aligned), as Gmail answers it.
+ */
+function refusalOf(failed: Check[], temporary: boolean, reasons: string[], domain: string): Outcome | undefined {
+  if (failed.length === 0) return undefined;
+  if (temporary) return failure('temporary', 451, '4.4.3', `${failed.join(', ')} could not be checked for ${domain} (DNS): try again later`);
+  const enhanced = failed.length > 1 || failed[0] === 'dmarc' ? '5.7.26' : failed[0] === 'spf' ? '5.7.23' : '5.7.20';
+  return failure('permanent', 550, enhanced, clip(reasons.join('; '), 450));
+}
+
+/**
+ * Which required checks the prediction fails, why in words an admin can act on, and the
+ * answer that gives. `keys`: how many DKIM keys the relay signed the message with.
+ */
+export function judge(policy: Policy, prediction: Prediction, advice: { ip: string; keys: number }): PolicyVerdict {
   const failed: Check[] = [];
   const reasons: string[] = [];
   let temporary = false;
+  const dkim = dkimAdvice(policy.domain, advice.keys);
   if (policy.require.includes('spf') && prediction.spf.result !== 'pass') {
     failed.push('spf');
     temporary ||= prediction.spf.result === 'temperror';
@@ -219,16 +245,37 @@ export function judge(policy: Policy, prediction: Prediction, advice: { ip: stri
   if (policy.require.includes('dkim') && !dkimPass && !dkimUnknown) {
     failed.push('dkim');
     temporary ||= prediction.dkim.some((d) => d.result === 'temperror');
-    reasons.push(advice.dkim);
+    reasons.push(dkim);
   }
   // No DMARC record: nothing a receiver would enforce, so it is not a failure (the record notes it).
   if (policy.require.includes('dmarc') && prediction.dmarc.result !== 'pass' && prediction.dmarc.result !== 'none' && !dkimUnknown) {
     failed.push('dmarc');
     temporary ||= prediction.dmarc.result === 'temperror' || prediction.spf.result === 'temperror';
     const spfPart = prediction.spf.result === 'pass' ? `SPF passes for ${prediction.spf.domain} but is not aligned with ${prediction.dmarc.domain}` : spfAdvice(prediction.spf, advice.ip);
-    const dkimPart = dkimPass ? `DKIM passes but d= is not aligned with ${prediction.dmarc.domain}` : advice.dkim;
+    const dkimPart = dkimPass ? `DKIM passes but d= is not aligned with ${prediction.dmarc.domain}` : dkim;
     reasons.push(`DMARC of ${prediction.dmarc.domain} would fail (p=${prediction.dmarc.policy ?? 'none'}): ${spfPart}; ${dkimPart}; either one aligned pass is enough`);
   }
-  return { failed, temporary, reasons };
+  return { failed, reasons, refusal: refusalOf(failed, temporary, reasons, policy.domain) };
+}
+
+const ACCEPTED: Outcome = { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
+
+/**
+ * MAIL FROM: SPF exactly as the receiver will evaluate it, and what the sending domain's
+ * policy makes of it now. Refused at once only when the policy enforces SPF; otherwise the
+ * verdict waits for the whole message. A lookup that failed is temperror (RFC 7208 §2.6.6),
+ * answered 451 4.4.3 (§8.6); a failing SPF is 550 5.7.23 (RFC 7372 §3.2).
+ */
+export async function checkSender(sender: string, config: Config, ctx: PreflightContext): Promise<{ spf: SpfVerdict; outcome: Outcome }> {
+  let spf: SpfVerdict;
+  try {
+    spf = await checkSpf(sender, ctx);
+  } catch (err) {
+    spf = { result: 'temperror', domain: sender ? sender.slice(sender.lastIndexOf('@') + 1).toLowerCase() : ctx.helo, record: (err as Error).message };
+  }
+  const policy = policyFor(config, spf.domain);
+  if (policy.mode !== 'enforce' || !policy.require.includes('spf') || spf.result === 'pass') return { spf, outcome: ACCEPTED };
+  if (spf.result === 'temperror') return { spf, outcome: failure('temporary', 451, '4.4.3', `SPF of ${spf.domain} could not be checked (DNS); try again later`) };
+  return { spf, outcome: failure('permanent', 550, '5.7.23', `SPF would fail at the receiver: ${spfAdvice(spf, ctx.ip)}`) };
 }
 

@@ -1,14 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import {
-  checkSpf,
+  checkSender,
   judge,
   policyFor,
   predict,
   predictFromParts,
   RelaxedBodyHash,
   signHeaders,
-  spfAdvice,
   type Prediction,
   type Signature,
   type SigningKey,
@@ -17,7 +16,7 @@ import {
 import { resolveDestination, type Destination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { clip, failure, formatReply, type Outcome } from '../smtp/index.ts';
+import { failure, formatReply, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
 import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
@@ -37,8 +36,6 @@ interface SpooledMessage {
   /** Where the rest of the message (after the original header section) starts in the spool. */
   offset: number;
 }
-
-const ACCEPTED: Outcome = { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
 
 /** Messages up to this size get mailauth's full authenticate() as the preflight. */
 const FULL_PREFLIGHT_LIMIT = 2 * 1024 * 1024;
@@ -257,22 +254,11 @@ export class Transaction {
     return { header: signed.header, record: signed.signatures, keys };
   }
 
-  /**
-   * SPF at MAIL FROM, exactly as the receiver will evaluate it. Refuses at once when the
-   * sender domain's policy enforces SPF and it fails; otherwise it waits for the verdict on
-   * the whole message.
-   */
+  /** SPF at MAIL FROM (auth/preflight.ts): refused here when the sender domain's policy enforces SPF. */
   async checkSender(): Promise<Outcome> {
-    const ctx = { resolve: this.#ctx.resolve, ip: this.#egress.ip, helo: this.#egress.helo };
-    try {
-      this.#spf = await checkSpf(this.#sender, ctx);
-    } catch (err) {
-      this.#spf = { result: 'temperror', domain: domainOf(this.#sender || `x@${this.#egress.helo}`), record: (err as Error).message };
-    }
-    const policy = policyFor(this.#ctx.config, this.#spf.domain);
-    if (policy.mode !== 'enforce' || !policy.require.includes('spf') || this.#spf.result === 'pass') return ACCEPTED;
-    if (this.#spf.result === 'temperror') return failure('temporary', 451, '4.4.3', `SPF of ${this.#spf.domain} could not be checked (DNS); try again later`);
-    return failure('permanent', 550, '5.7.23', `SPF would fail at the receiver: ${spfAdvice(this.#spf, this.#egress.ip)}`);
+    const { spf, outcome } = await checkSender(this.#sender, this.#ctx.config, { resolve: this.#ctx.resolve, ip: this.#egress.ip, helo: this.#egress.helo });
+    this.#spf = spf;
+    return outcome;
   }
 
   /**
@@ -304,22 +290,13 @@ export class Transaction {
       this.#preflightRecord = { policy, error: (err as Error).message };
       return policy.mode === 'enforce' ? failure('temporary', 451, '4.4.3', 'the authentication preflight could not complete; try again later') : undefined;
     }
-    const dkimAdvice =
-      keys.length === 0
-        ? `no DKIM key is configured for ${author}: create one with "hygiene-relay dkim keygen --domain ${author} --selector s1", publish its TXT record and add it under domains`
-        : `the DKIM signature of ${author} does not verify: run "hygiene-relay dkim check" and publish the record it names`;
-    const verdict = judge(policy, prediction, { ip: this.#egress.ip, dkim: dkimAdvice });
-    const refusal = verdict.failed.length
-      ? verdict.temporary
-        ? failure('temporary', 451, '4.4.3', `${verdict.failed.join(', ')} could not be checked for ${author} (DNS): try again later`)
-        : failure('permanent', 550, verdict.failed.length > 1 || verdict.failed[0] === 'dmarc' ? '5.7.26' : verdict.failed[0] === 'spf' ? '5.7.23' : '5.7.20', clip(verdict.reasons.join('; '), 450))
-      : undefined;
+    const { reasons, refusal } = judge(policy, prediction, { ip: this.#egress.ip, keys: keys.length });
     this.#preflightRecord = {
       policy,
       spfAtMailFrom: this.#spf,
       prediction,
       verdict: refusal ? (policy.mode === 'enforce' ? 'refused' : 'would be refused (monitor)') : 'pass',
-      reasons: verdict.reasons.length ? verdict.reasons : undefined,
+      reasons: reasons.length ? reasons : undefined,
     };
     return policy.mode === 'enforce' ? refusal : undefined;
   }
