@@ -64,3 +64,12 @@ export async function stop(child: ChildProcess, graceMs = 10_000): Promise<void>
   await exited;
   clearTimeout(timer);
 }
+
+/** `promise`, or an error naming `what` when it has not settled after `timeoutMs`. */
+export function within<T>(what: string, timeoutMs: number, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

@@ -27,11 +27,13 @@ if postfix_missing; then
   fi
   # "No configuration": no /etc/postfix/main.cf, so no system instance is set up or started;
   # the interop writes its own configuration directory.
+  echo "interop: installing postfix with apt"
   echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
 fi
 
 if exim_missing; then
+  echo "interop: unpacking exim4-daemon-light into $exim_root"
   # The libraries exim4-daemon-light links against are ordinary packages that conflict with
   # nothing; apt installs those that are missing.
   libs=$(apt-cache depends exim4-daemon-light | awk '$1 == "Depends:" && $2 ~ /^lib/ {print $2}')

@@ -11,12 +11,14 @@ import { makeKey } from '../test/harness/dkim.ts';
 import type { DestinationScript } from '../test/harness/destination.ts';
 import { send } from '../test/harness/send.ts';
 import { freePort, message, World } from '../test/harness/world.ts';
-import { until } from './exec.ts';
+import { until, within } from './exec.ts';
 import { startExim, startPostfix, type InternalServer, type LogEvent } from './servers.ts';
 
 /** Where install.sh unpacks exim4-daemon-light; kept between runs like an installed package. */
 const EXIM_ROOT = '/var/cache/hygiene-relay-interop/exim4-daemon-light';
 const INSTALL_TIMEOUT = 15 * 60_000;
+/** The whole run after the install; each wait has its own bound too, this one catches the rest. */
+const RUN_TIMEOUT = 10 * 60_000;
 /** One delivery attempt of one message, from submission or forced retry to its log lines. */
 const ATTEMPT_TIMEOUT = 30_000;
 /** The first attempt and two forced retries: enough to show a reply the server never gets. */
@@ -93,7 +95,7 @@ async function runScenario(world: World, server: InternalServer, scenario: Scena
   try {
     let raw = message({ to: scenario.to.join(', '), subject: `interop ${server.name} ${scenario.id}`, messageId: `${scenario.id}.${server.name}.${Date.now()}@example.test` });
     if (!scenario.messageId) raw = raw.replace(/^Message-ID:[^\r\n]*\r\n/m, '');
-    const sent = await send(server.port, SENDER, scenario.to, raw, { localAddress: SUBMITTER });
+    const sent = await within(`${server.name} to take the message`, ATTEMPT_TIMEOUT, send(server.port, SENDER, scenario.to, raw, { localAddress: SUBMITTER }));
     if (sent.data?.code !== 250) throw new Error(`${server.name} did not take the message: ${JSON.stringify(sent)}`);
     queueId = server.queueIdOf(sent.data.text);
     if (!queueId) throw new Error(`no queue id in ${server.name}'s reply "${sent.data.text}"`);
@@ -209,11 +211,12 @@ async function main(): Promise<number> {
       for (const step of cleanups.reverse()) await step().catch((err: Error) => process.stderr.write(`cleanup: ${err.message}\n`));
     })());
   const interrupted = (signal: NodeJS.Signals): void => {
-    process.stderr.write(`interop: ${signal}, cleaning up\n`);
+    process.stderr.write(`interop: ${signal === 'SIGALRM' ? `not done after ${seconds(RUN_TIMEOUT)}` : signal}, cleaning up\n`);
     void cleanup().then(() => process.exit(1));
   };
   process.once('SIGINT', interrupted);
   process.once('SIGTERM', interrupted);
+  const watchdog = setTimeout(() => interrupted('SIGALRM'), RUN_TIMEOUT);
 
   const results: Result[] = [];
   const versions: string[] = [];
@@ -262,6 +265,7 @@ async function main(): Promise<number> {
       await server.stop();
     }
   } finally {
+    clearTimeout(watchdog);
     await cleanup();
   }
 
