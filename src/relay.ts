@@ -1,7 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
-import { MtaSts, Shaper, SharedPolicyCache, UpstreamPool } from './delivery/index.ts';
+import { MtaSts, Playbook, Providers, Shaper, SharedPolicyCache, UpstreamPool } from './delivery/index.ts';
 import { createResolver, type CacheCount } from './dns/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound } from './inbound/index.ts';
@@ -17,8 +17,9 @@ export interface Relay {
   dnsCounts(): CacheCount[];
   /**
    * Applies a new configuration to transactions that start from now on: DKIM keys, domains,
-   * clients, routes, delivery settings. Throws (DkimKeyError) and changes nothing when a key
-   * cannot be used. Returns the sections that only a restart applies.
+   * clients, routes, delivery settings, the provider registry and the playbook (its overlay
+   * file read again). Throws (DkimKeyError, ConfigError, PlaybookError) and changes nothing
+   * when a key, a provider or a playbook row cannot be used. Returns the sections that only a restart applies.
    */
   reload(config: Config): string[];
   close(): Promise<void>;
@@ -46,6 +47,14 @@ function loadKeys(config: Config, logger: Logger): KeyRing {
   return keys;
 }
 
+/**
+ * The provider registry with the config's changes, and the reply playbook with the admin's
+ * rows over the shipped ones; throws (ConfigError, PlaybookError) when either cannot be used.
+ */
+function loadPlaybook(config: Config): Playbook {
+  return Playbook.load(Providers.load(config.delivery.providers), config.delivery.playbook);
+}
+
 /** For tests: what a deployment takes from the system (trusted CAs, the MTA-STS port 443). */
 export interface RelayTestOptions {
   /** Extra TLS options for upstream STARTTLS; its `ca` is also what MTA-STS policy hosts must chain to. */
@@ -57,6 +66,7 @@ export interface RelayTestOptions {
 /** Wires the parts together from one validated config: the composition root of the relay. */
 export async function startRelay(config: Config, logger: Logger, options: RelayTestOptions = {}): Promise<Relay> {
   const keys = loadKeys(config, logger);
+  const playbook = loadPlaybook(config);
   const resolver = createResolver(config.dns, logger);
   const resolve = resolver.resolve;
   const egress = new EgressPool(config, resolve, logger);
@@ -66,7 +76,7 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
   const upstreams = new UpstreamPool({ shaper, resolve, tls: options.upstreamTls });
   // Kept across reloads: cached policies stay valid whatever the configuration says.
   const mtaSts = new MtaSts({ resolve, ca: options.upstreamTls?.ca, port: options.mtaStsPort, cache: shared && new SharedPolicyCache(shared) });
-  let ctx: RelayContext = { config, resolve, memo, keys, logger, upstreamTls: options.upstreamTls, upstreams, shaper, mtaSts };
+  let ctx: RelayContext = { config, resolve, memo, keys, logger, playbook, upstreamTls: options.upstreamTls, upstreams, shaper, mtaSts };
   const inbound = new Inbound(ctx, egress);
   const stop = async () => {
     egress.stop();
@@ -91,8 +101,9 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
     dnsCounts: () => resolver.counts(),
     reload(next) {
       const nextKeys = loadKeys(next, logger);
+      const nextPlaybook = loadPlaybook(next);
       const pending = restartOnly(config, next);
-      ctx = { ...ctx, config: next, keys: nextKeys };
+      ctx = { ...ctx, config: next, keys: nextKeys, playbook: nextPlaybook };
       inbound.update(ctx);
       return pending;
     },

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, beforeEach, describe, it } from 'node:test';
-import { classifyReply, playbook, Playbook, PlaybookError, type PlaybookExample, type PlaybookRule } from '../src/delivery/index.ts';
+import { Playbook, PlaybookError, Providers, type PlaybookExample, type PlaybookRule } from '../src/delivery/index.ts';
+import type { Reply } from '../src/smtp/index.ts';
 import { enhancedOf, formatReply } from '../src/smtp/index.ts';
 import { RawMx, type RawAnswer } from './harness/raw-mx.ts';
 import { send } from './harness/send.ts';
@@ -28,6 +29,9 @@ function mxOf(rule: PlaybookRule): MxName {
 }
 
 const TABLE = readFileSync(new URL('../src/delivery/playbook.yaml', import.meta.url), 'utf8');
+const providers = Providers.load();
+const playbook = Playbook.load(providers);
+const classifyReply = (reply: Reply, options?: { mxHost?: string }) => playbook.classify(reply, options);
 
 describe('reply playbook: every reply of the table, played by a destination', () => {
   let world: World;
@@ -50,7 +54,7 @@ describe('reply playbook: every reply of the table, played by a destination', ()
   before(async () => {
     // Every example needs a session of its own (some play at the greeting), and the pause a
     // throttling example triggers in shaping would hold up the examples after it.
-    world = await World.start({ destinations: [], config: (internet) => ({ delivery: internet.deliverySettings({ pool: { maxIdle: 0 }, providers: {} }) }) });
+    world = await World.start({ destinations: [], config: (internet) => ({ delivery: internet.deliverySettings({ pool: { maxIdle: 0 }, shaping: false }) }) });
     for (const [name, mx] of Object.entries(MX) as [MxName, (typeof MX)[MxName]][]) {
       world.dns.add(mx.domain, { type: 'MX', data: { preference: 10, exchange: mx.host } });
       world.dns.add(mx.host, { type: 'A', data: mx.ip });
@@ -130,14 +134,16 @@ function pick(record: Record<string, unknown>): Record<string, unknown> {
 }
 
 describe('reply playbook: classification', () => {
+  const providerOf = (host: string) => providers.of([host])?.name;
+
   it('recognises providers by MX host suffix', () => {
-    assert.equal(playbook.providerOf('GMAIL-SMTP-IN.L.GOOGLE.COM.'), 'gmail');
-    assert.equal(playbook.providerOf('aspmx.l.google.com'), 'gmail');
-    assert.equal(playbook.providerOf('contoso-com.mail.protection.outlook.com'), 'microsoft');
-    assert.equal(playbook.providerOf('mx-aol.mail.gm0.yahoodns.net'), 'yahoo');
-    assert.equal(playbook.providerOf('mx.bt.lon5.cpcloud.co.uk'), 'bt');
-    assert.equal(playbook.providerOf('notgoogle.com'), undefined);
-    assert.equal(playbook.providerOf('mx.isp.test'), undefined);
+    assert.equal(providerOf('GMAIL-SMTP-IN.L.GOOGLE.COM.'), 'gmail');
+    assert.equal(providerOf('aspmx.l.google.com'), 'gmail');
+    assert.equal(providerOf('contoso-com.mail.protection.outlook.com'), 'microsoft');
+    assert.equal(providerOf('mx-aol.mail.gm0.yahoodns.net'), 'yahoo');
+    assert.equal(providerOf('mx.bt.lon5.cpcloud.co.uk'), 'bt');
+    assert.equal(providerOf('notgoogle.com'), undefined);
+    assert.equal(providerOf('mx.isp.test'), undefined);
   });
 
   it('classifies a reply that names itself without the MX host', () => {
@@ -205,11 +211,11 @@ describe('reply playbook: classification', () => {
 describe('reply playbook: a malformed table fails loudly', () => {
   const broken = (from: string, to: string): (() => Playbook) => {
     assert.ok(TABLE.includes(from), `the table no longer contains ${JSON.stringify(from)}`);
-    return () => Playbook.parse(TABLE.replace(from, to), 'playbook.yaml');
+    return () => Playbook.parse(TABLE.replace(from, to), providers, 'playbook.yaml');
   };
 
   it('loads the real table', () => {
-    assert.equal(Playbook.parse(TABLE).rules.length, playbook.rules.length);
+    assert.equal(Playbook.parse(TABLE, providers).rules.length, playbook.rules.length);
   });
 
   it('names the row and the field of each problem', () => {
@@ -232,7 +238,7 @@ describe('reply playbook: a malformed table fails loudly', () => {
 
   it('refuses a rule after a catch-all that can never be reached, and YAML that does not parse', () => {
     const unreachable = `${TABLE}\n  - id: too-late\n    enhanced: [5.1.1]\n    category: recipient\n    permanence: permanent\n    remediation: never\n    examples: [{ at: rcpt, reply: 550 5.1.1 no }]\n`;
-    assert.throws(() => Playbook.parse(unreachable), /\(too-late\): never reached, rule other before it matches every permanent reply/);
-    assert.throws(() => Playbook.parse('rules: [unclosed'), (err: Error) => err instanceof PlaybookError && /not valid YAML/.test(err.message));
+    assert.throws(() => Playbook.parse(unreachable, providers), /\(too-late\): never reached, rule other before it matches every permanent reply/);
+    assert.throws(() => Playbook.parse('rules: [unclosed', providers), (err: Error) => err instanceof PlaybookError && /not valid YAML/.test(err.message));
   });
 });

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { createInterface } from 'node:readline';
 import { checkPublished, DkimKeyError, generateDkimKey, KeyRing } from '../auth/index.ts';
 import { ConfigError, loadConfig, type Config } from '../config/index.ts';
+import { PlaybookError } from '../delivery/index.ts';
 import { uncachedResolver } from '../dns/index.ts';
 import { IdentityError } from '../identity/index.ts';
 import { hashPassword } from '../inbound/index.ts';
@@ -52,7 +53,7 @@ async function start(args: string[]): Promise<void> {
   } catch (err) {
     logger.fatal({ err }, 'relay did not start');
     logger.flush();
-    if (err instanceof DkimKeyError) fail(`config error: ${err.message}`, 2);
+    if (err instanceof DkimKeyError || err instanceof ConfigError || err instanceof PlaybookError) fail(`config error: ${err.message}`, 2);
     if (err instanceof IdentityError) fail(err.message, 1);
     fail((err as Error).message, 1);
   }

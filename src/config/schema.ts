@@ -189,7 +189,11 @@ const route = z.strictObject({
   auth: routeAuth.optional(),
 });
 
-const provider = z.strictObject({
+/**
+ * A provider of the registry (src/delivery/providers.yaml) as a whole; in the config,
+ * `delivery.providers` gives only the keys that change (providerOverride).
+ */
+export const providerSchema = z.strictObject({
   /** MX host name suffixes: `google.com` matches `aspmx.l.google.com`. */
   mx: z.array(domain).min(1),
   maxSessions: z.number().int().min(1).default(10),
@@ -198,15 +202,12 @@ const provider = z.strictObject({
   backoff: duration.prefault('10m'),
 });
 
-// Suffixes from the providers' own MX names: Gmail (aspmx.l.google.com), Microsoft 365 and
-// Outlook.com (*.mail.protection.outlook.com, *.olc.protection.outlook.com), Yahoo/AOL
-// (mta*.am0.yahoodns.net), BT (mx.bt.lon5.cpcloud.co.uk, btinternet.com).
-const DEFAULT_PROVIDERS = {
-  gmail: { mx: ['google.com', 'googlemail.com'], maxSessions: 10, messagesPerMinute: 600, backoff: 600_000 },
-  microsoft: { mx: ['outlook.com', 'protection.outlook.com', 'hotmail.com'], maxSessions: 10, messagesPerMinute: 600, backoff: 600_000 },
-  yahoo: { mx: ['yahoodns.net'], maxSessions: 5, messagesPerMinute: 300, backoff: 600_000 },
-  bt: { mx: ['cpcloud.co.uk', 'btinternet.com'], maxSessions: 3, messagesPerMinute: 120, backoff: 600_000 },
-};
+const providerOverride = z.strictObject({
+  mx: z.array(domain).min(1).optional(),
+  maxSessions: z.number().int().min(1).optional(),
+  messagesPerMinute: z.number().int().min(1).optional(),
+  backoff: duration.optional(),
+});
 
 const selector = z
   .string()
@@ -304,8 +305,12 @@ export const configSchema = z.strictObject({
           idleTimeout: duration.prefault('30s'),
         })
         .prefault({}),
-      /** Limits per provider and egress IP; listing providers replaces the built-in list. */
-      providers: z.record(z.string().regex(/^[a-z0-9_-]+$/i, 'must be a short name'), provider).default(DEFAULT_PROVIDERS),
+      /** Changes to the shipped provider registry, by name: the keys given replace the shipped ones; a new name needs `mx`. */
+      providers: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'must be a short lower-case name'), providerOverride).default({}),
+      /** Per-provider limits and pauses; false: none (providers are still recognised for the playbook). */
+      shaping: z.boolean().default(true),
+      /** An admin's playbook rows (YAML, `rules:` as in src/delivery/playbook.yaml): added before the shipped ones, or replacing a shipped row of the same id. */
+      playbook: z.string().min(1).optional(),
       /** Shaping state shared by every replica (session slots, rates, pauses); per process when absent. */
       redis: redisSettings.optional(),
       bounceRoute: z.strictObject({ host: z.string().min(1), port: port.default(25) }).optional(),

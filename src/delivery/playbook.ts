@@ -2,11 +2,13 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ReplyParser, ReplySyntaxError, type Reply } from '../smtp/index.ts';
+import type { Providers } from './providers.ts';
 
 /**
  * The reply playbook (DESIGN §5): which kind of trouble a destination's refusal names, and
- * what an admin does about it. The rules are data, in playbook.yaml beside this file (read
- * once, at load); this module is the small engine that applies them.
+ * what an admin does about it. The rules are data, in playbook.yaml beside this file, with an
+ * admin's own rows over them (`delivery.playbook`); the relay reads them at start and on
+ * SIGHUP. This module is the small engine that applies them.
  */
 
 export const CATEGORIES = ['authentication', 'reputation', 'rate-limit', 'content', 'recipient', 'mailbox-full', 'tls-policy', 'other'] as const;
@@ -59,14 +61,6 @@ const ENHANCED_PATTERN = /^([45*])\.(\d{1,3}(?:-\d{1,3})?|\*)\.(\d{1,3}(?:-\d{1,
 const ID = /^[a-z0-9][a-z0-9.-]*$/;
 
 const tableSchema = z.strictObject({
-  providers: z.record(
-    z.string().regex(ID, 'provider ids are lower-case letters, digits, dots and dashes'),
-    z.strictObject({
-      name: z.string().min(1),
-      /** MX host name suffixes: `google.com` matches `gmail-smtp-in.l.google.com`. */
-      mx: z.array(z.string().regex(/^[a-z0-9-]+(\.[a-z0-9-]+)+$/, 'must be a lower-case domain name')).min(1),
-    }),
-  ),
   rules: z
     .array(
       z.strictObject({
@@ -87,6 +81,14 @@ const tableSchema = z.strictObject({
 });
 
 type RuleSource = z.output<typeof tableSchema>['rules'][number];
+
+/** A row and where it comes from, for messages that name the file and the row. */
+interface SourcedRule {
+  row: RuleSource;
+  where: string;
+}
+
+const SHIPPED = new URL('./playbook.yaml', import.meta.url);
 
 interface CompiledRule extends PlaybookRule {
   matches(reply: Reply, text: string): boolean;
@@ -190,81 +192,100 @@ function issuePath(path: ReadonlyArray<PropertyKey>, rules: unknown): string {
   return out;
 }
 
+/** Reads one table file's rows, each named by the file and its index there. */
+function readTable(text: string, source: string): SourcedRule[] {
+  let document: unknown;
+  try {
+    document = parseYaml(text, { prettyErrors: false });
+  } catch (err) {
+    throw new PlaybookError(`${source}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  const parsed = tableSchema.safeParse(document);
+  if (!parsed.success) {
+    const rules = (document as { rules?: unknown } | null)?.rules;
+    throw new PlaybookError(`${source}: ${parsed.error.issues.map((issue) => `${issuePath(issue.path, rules)}: ${issue.message}`).join('; ')}`);
+  }
+  return parsed.data.rules.map((row, i) => ({ row, where: `${source}: rules[${i}] (${row.id})` }));
+}
+
 export class Playbook {
   readonly rules: readonly PlaybookRule[];
+  readonly providers: Providers;
   readonly #rules: CompiledRule[];
-  readonly #providers: { id: string; suffixes: string[] }[];
 
-  private constructor(rules: CompiledRule[], providers: { id: string; suffixes: string[] }[]) {
+  private constructor(rules: CompiledRule[], providers: Providers) {
     this.#rules = rules;
     this.rules = rules;
-    this.#providers = providers;
+    this.providers = providers;
   }
 
-  /** Reads a table; anything wrong with it, every problem named, throws a PlaybookError. */
-  static parse(text: string, source = 'playbook'): Playbook {
-    let document: unknown;
+  /** Reads a whole table; anything wrong with it, every problem named, throws a PlaybookError. */
+  static parse(text: string, providers: Providers, source = 'playbook'): Playbook {
+    return Playbook.#build(readTable(text, source), providers);
+  }
+
+  /**
+   * The shipped table, with an admin's rows from `overlay` over it: a row whose id is a
+   * shipped row's replaces it where it stands; the others come first, in the overlay's
+   * order, so they win over the shipped rows. Checked like the shipped table.
+   */
+  static load(providers: Providers, overlay?: string): Playbook {
+    const shipped = readTable(readFileSync(SHIPPED, 'utf8'), SHIPPED.pathname);
+    if (overlay === undefined) return Playbook.#build(shipped, providers);
+    let text: string;
     try {
-      document = parseYaml(text, { prettyErrors: false });
+      text = readFileSync(overlay, 'utf8');
     } catch (err) {
-      throw new PlaybookError(`${source}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+      throw new PlaybookError(`${overlay}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
-    const parsed = tableSchema.safeParse(document);
-    if (!parsed.success) {
-      const rules = (document as { rules?: unknown } | null)?.rules;
-      throw new PlaybookError(`${source}: ${parsed.error.issues.map((issue) => `${issuePath(issue.path, rules)}: ${issue.message}`).join('; ')}`);
-    }
+    const own = readTable(text, overlay);
+    const replacing = new Map(own.map((rule) => [rule.row.id, rule]));
+    const merged = shipped.map((rule) => replacing.get(rule.row.id) ?? rule);
+    const added = own.filter((rule) => !shipped.some((s) => s.row.id === rule.row.id));
+    return Playbook.#build([...added, ...merged], providers);
+  }
+
+  static #build(table: SourcedRule[], providers: Providers): Playbook {
     const problems: string[] = [];
-    const providers = Object.entries(parsed.data.providers).map(([id, provider]) => ({ id, suffixes: provider.mx }));
     const ids = new Set<string>();
-    const rules = parsed.data.rules.map((row, i) => {
-      const where = `rules[${i}] (${row.id})`;
+    const rules = table.map(({ row, where }) => {
       if (ids.has(row.id)) problems.push(`${where}.id: duplicate id "${row.id}"`);
       ids.add(row.id);
-      if (row.provider !== undefined && !(row.provider in parsed.data.providers)) problems.push(`${where}.provider: "${row.provider}" is not listed under providers`);
+      if (row.provider !== undefined && !providers.has(row.provider)) problems.push(`${where}.provider: "${row.provider}" is not listed in the provider registry (providers.yaml and delivery.providers)`);
       if (row.needsMx && row.provider === undefined) problems.push(`${where}.needsMx: only a provider's rule can need its MX`);
       return compileRule(row, where, problems);
     });
+    const where = (i: number) => table[i].where;
     for (const permanence of ['temporary', 'permanent'] as const) {
       const last = rules.findIndex((rule) => rule.catchAll && rule.permanence === permanence);
       if (last === -1) problems.push(`rules: no rule without code, enhanced and text for ${permanence} replies, so some would go unclassified (end with an "other" rule)`);
       for (const [i, rule] of rules.entries()) {
         if (last !== -1 && i > last && rule.permanence === permanence && rule.provider === undefined) {
-          problems.push(`rules[${i}] (${rule.id}): never reached, rule ${rules[last].id} before it matches every ${permanence} reply`);
+          problems.push(`${where(i)}: never reached, rule ${rules[last].id} before it matches every ${permanence} reply`);
         }
       }
-      if (last !== -1 && rules[last].provider !== undefined) problems.push(`rules[${last}] (${rules[last].id}): a catch-all rule cannot belong to a provider`);
+      if (last !== -1 && rules[last].provider !== undefined) problems.push(`${where(last)}: a catch-all rule cannot belong to a provider`);
     }
-    if (problems.length) throw new PlaybookError(`${source}: ${problems.join('; ')}`);
+    if (problems.length) throw new PlaybookError(problems.join('; '));
 
     const playbook = new Playbook(rules, providers);
     // Every example must be explained by its own row, so the table cannot silently contradict
     // itself: a row placed after a broader one, or a pattern that misses its own example.
     for (const [i, rule] of rules.entries()) {
-      const mxHost = rule.provider ? providers.find((p) => p.id === rule.provider)!.suffixes[0] : undefined;
+      const mxHost = rule.provider ? providers.entries.find((p) => p.name === rule.provider)!.mx[0] : undefined;
       rule.examples.forEach((example, j) => {
-        const where = `rules[${i}] (${rule.id}).examples[${j}]`;
+        const at = `${where(i)}.examples[${j}]`;
         const behindMx = playbook.classify(example.reply, { mxHost });
-        if (behindMx?.rule !== rule.id) problems.push(`${where}: classified by ${behindMx?.rule ?? 'nothing'}${mxHost ? ` behind MX ${mxHost}` : ''}, not by its own rule`);
+        if (behindMx?.rule !== rule.id) problems.push(`${at}: classified by ${behindMx?.rule ?? 'nothing'}${mxHost ? ` behind MX ${mxHost}` : ''}, not by its own rule`);
         const alone = playbook.classify(example.reply);
-        if (!rule.needsMx && alone?.rule !== rule.id) problems.push(`${where}: without an MX host classified by ${alone?.rule ?? 'nothing'}, not by its own rule`);
+        if (!rule.needsMx && alone?.rule !== rule.id) problems.push(`${at}: without an MX host classified by ${alone?.rule ?? 'nothing'}, not by its own rule`);
         if (rule.needsMx && (alone?.category !== rule.category || alone.permanence !== rule.permanence)) {
-          problems.push(`${where}: without an MX host classified as ${alone?.category} ${alone?.permanence} (${alone?.rule}); a needsMx rule's examples must fall back to the same category`);
+          problems.push(`${at}: without an MX host classified as ${alone?.category} ${alone?.permanence} (${alone?.rule}); a needsMx rule's examples must fall back to the same category`);
         }
       });
     }
-    if (problems.length) throw new PlaybookError(`${source}: ${problems.join('; ')}`);
+    if (problems.length) throw new PlaybookError(problems.join('; '));
     return playbook;
-  }
-
-  static load(file: URL | string): Playbook {
-    return Playbook.parse(readFileSync(file, 'utf8'), file instanceof URL ? file.pathname : file);
-  }
-
-  /** The provider whose MX hosts include this name (by suffix), if any. */
-  providerOf(mxHost: string): string | undefined {
-    const host = mxHost.toLowerCase().replace(/\.$/, '');
-    return this.#providers.find((p) => p.suffixes.some((suffix) => host === suffix || host.endsWith(`.${suffix}`)))?.id;
   }
 
   /**
@@ -275,7 +296,7 @@ export class Playbook {
    */
   classify(reply: Reply, options: { mxHost?: string } = {}): Classification | undefined {
     if (reply.code < 400 || reply.code > 599) return undefined;
-    const mxProvider = options.mxHost ? this.providerOf(options.mxHost) : undefined;
+    const mxProvider = options.mxHost ? this.providers.of([options.mxHost])?.name : undefined;
     const text = replyText(reply);
     const generic = this.#rules.filter((rule) => rule.provider === undefined);
     const specific = this.#rules.filter((rule) => (mxProvider ? rule.provider === mxProvider : rule.provider !== undefined && !rule.needsMx));
@@ -284,12 +305,4 @@ export class Playbook {
     const provider = rule.provider ?? mxProvider;
     return { category: rule.category, permanence: rule.permanence, remediation: rule.remediation, rule: rule.id, pause: rule.pause, ...(provider ? { provider } : {}) };
   }
-}
-
-/** The relay's playbook, read and checked when this module loads: a broken table stops the start. */
-export const playbook = Playbook.load(new URL('./playbook.yaml', import.meta.url));
-
-/** `playbook.classify`: what a destination's refusal means and what to do about it. */
-export function classifyReply(reply: Reply, options: { mxHost?: string } = {}): Classification | undefined {
-  return playbook.classify(reply, options);
 }

@@ -7,8 +7,9 @@ import { formatReply, saidOf, type Outcome, type Reply } from '../smtp/index.ts'
 import type { MessageSource } from '../upstream/index.ts';
 import { connectDestination, type Connected } from './connect.ts';
 import type { Destination } from './destination.ts';
-import { classifyReply } from './playbook.ts';
-import { providerOf, type ProviderConfig, type SessionSlot, type Shaper } from './shaping.ts';
+import type { Playbook } from './playbook.ts';
+import type { ProviderConfig } from './providers.ts';
+import type { SessionSlot, Shaper } from './shaping.ts';
 
 /** How long an idle session may take to answer the RSET that checks it before reuse. */
 const HEALTH_CHECK_MS = 10_000;
@@ -35,6 +36,13 @@ export interface UpstreamLease {
    * ended cleanly), ended with QUIT otherwise.
    */
   finish(reusable: boolean): Promise<void>;
+}
+
+/** Who a session's replies are heard for: its provider (none when unknown or shaping is off), by which playbook, from which egress. */
+interface Shaping {
+  provider: ProviderConfig | undefined;
+  playbook: Playbook;
+  egressIp: string;
 }
 
 interface Idle {
@@ -68,11 +76,9 @@ export class UpstreamPool {
     this.#tls = options.tls;
   }
 
-  async open(destination: Destination, egress: Egress, delivery: Config['delivery']): Promise<UpstreamLease | Outcome> {
-    const provider = providerOf(
-      destination.hops.map((hop) => hop.name),
-      delivery.providers,
-    );
+  /** `playbook`: the running one, whose provider registry shaping uses and whose rows say when to pause. */
+  async open(destination: Destination, egress: Egress, { delivery, playbook }: { delivery: Config['delivery']; playbook: Playbook }): Promise<UpstreamLease | Outcome> {
+    const provider = delivery.shaping ? playbook.providers.of(destination.hops.map((hop) => hop.name)) : undefined;
     if (provider) {
       const refused = await this.#shaper.admitMessage(provider, egress.ip);
       if (refused) return refused;
@@ -85,7 +91,7 @@ export class UpstreamPool {
     let slot: SessionSlot | undefined;
     for (let pollMs = 25; ; pollMs = Math.min(pollMs * 2, 500)) {
       const idle = await this.#checkout(key);
-      if (idle) return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, provider, egress.ip, true, delivery);
+      if (idle) return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, { provider, playbook, egressIp: egress.ip }, true, delivery);
       if (!provider) break;
       const granted = await this.#shaper.trySession(provider, egress.ip);
       if ('release' in granted) {
@@ -108,19 +114,19 @@ export class UpstreamPool {
         await this.#shaper.refund(provider, egress.ip);
         // A throttling reply at the greeting (Yahoo's [TSS04]) pauses the provider like one at RCPT.
         const said = saidOf(connected);
-        if (said) await this.#hear(said.reply, said.mxHost, provider, egress.ip);
+        if (said) await this.#hear(said.reply, said.mxHost, { provider, playbook, egressIp: egress.ip });
       }
       return connected;
     }
-    return this.#lease(key, connected, { slot, shapingKey }, provider, egress.ip, false, delivery);
+    return this.#lease(key, connected, { slot, shapingKey }, { provider, playbook, egressIp: egress.ip }, false, delivery);
   }
 
   /**
    * A reply the playbook reads as "slow down" pauses the provider from this egress: the
    * promise settles once the pause is recorded; undefined for any other reply.
    */
-  #hear(reply: Reply, mxHost: string, provider: ProviderConfig | undefined, egressIp: string): Promise<void> | undefined {
-    if (!provider || !classifyReply(reply, { mxHost })?.pause) return undefined;
+  #hear(reply: Reply, mxHost: string, { provider, playbook, egressIp }: Shaping): Promise<void> | undefined {
+    if (!provider || !playbook.classify(reply, { mxHost })?.pause) return undefined;
     return this.throttled(provider, egressIp, formatReply(reply));
   }
 
@@ -142,17 +148,17 @@ export class UpstreamPool {
     key: string,
     connected: Connected,
     { slot, shapingKey }: { slot: SessionSlot | undefined; shapingKey: string | undefined },
-    provider: ProviderConfig | undefined,
-    egressIp: string,
+    shaping: Shaping,
     reused: boolean,
     delivery: Config['delivery'],
   ): UpstreamLease {
     let finished = false;
     let throttled = false;
     const { session, mxHost } = connected;
+    const { provider, egressIp } = shaping;
     const hear = (reply: Reply): Reply => {
       // The session carries nothing more from now on; the pause needs no waiting for.
-      const pausing = this.#hear(reply, mxHost, provider, egressIp);
+      const pausing = this.#hear(reply, mxHost, shaping);
       if (pausing) {
         throttled = true;
         void pausing;

@@ -1,22 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
-import type { Config } from '../config/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { SharedStore } from '../redis/index.ts';
+import type { ProviderConfig } from './providers.ts';
 
-export type ProviderConfig = Config['delivery']['providers'][string] & { name: string };
-
-/** The provider whose MX hosts these are, by host suffix (`aspmx.l.google.com` → gmail). */
-export function providerOf(hosts: string[], providers: Config['delivery']['providers']): ProviderConfig | undefined {
-  for (const host of hosts) {
-    const lower = host.toLowerCase();
-    for (const [name, provider] of Object.entries(providers)) {
-      if (provider.mx.some((suffix) => lower === suffix || lower.endsWith(`.${suffix}`))) return { name, ...provider };
-    }
-  }
-  return undefined;
-}
 
 /** Sessions kept in Redis live this long unless renewed: a replica that dies frees its share soon. */
 const LEASE_MS = 60_000;

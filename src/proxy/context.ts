@@ -1,7 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import type { KeyRing } from '../auth/index.ts';
 import type { Config } from '../config/index.ts';
-import type { MtaSts, Shaper, UpstreamPool } from '../delivery/index.ts';
+import type { MtaSts, Playbook, Shaper, UpstreamPool } from '../delivery/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Logger } from '../observability/index.ts';
 import type { DeliveryMemo } from './memo.ts';
@@ -14,6 +14,8 @@ export interface RelayContext {
   /** DKIM keys; a transaction keeps the ones it started with across a reload. */
   keys: KeyRing;
   logger: Logger;
+  /** The reply playbook with its provider registry: read at start and on SIGHUP, kept by a transaction that started with it. */
+  playbook: Playbook;
   /** Extra TLS options for upstream STARTTLS (tests trust their CA through this). */
   upstreamTls?: ConnectionOptions;
   /** Upstream sessions, kept between transactions, and the per-provider limits on them. */

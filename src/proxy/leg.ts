@@ -44,10 +44,10 @@ export class Leg {
   /** Takes a session for the destination (an idle one, or a new one) and sends MAIL FROM. */
   static async open(destination: Destination, owner: LegOwner): Promise<Leg> {
     const leg = new Leg(destination, owner);
-    const lease = await owner.ctx.upstreams.open(destination, owner.egress, owner.ctx.config.delivery);
+    const lease = await owner.ctx.upstreams.open(destination, owner.egress, { delivery: owner.ctx.config.delivery, playbook: owner.ctx.playbook });
     if ('kind' in lease) {
       leg.refused = lease;
-      leg.explanation = explain(lease);
+      leg.explanation = explain(lease, owner.ctx.playbook);
       return leg;
     }
     leg.lease = lease;
@@ -62,7 +62,7 @@ export class Leg {
       const mail = leg.#said(await lease.mailFrom(owner.sender, leg.#mailParams()), 'MAIL FROM');
       if (mail.kind !== 'accepted') {
         leg.refused = mail;
-        leg.explanation = explain(mail);
+        leg.explanation = explain(mail, owner.ctx.playbook);
       }
     } catch (err) {
       leg.#broken = true;
@@ -116,7 +116,7 @@ export class Leg {
         await lease.rset();
         const mail = this.#said(await lease.mailFrom(this.#owner.sender, this.#mailParams()), 'MAIL FROM');
         if (mail.kind !== 'accepted') {
-          this.explanation = explain(mail);
+          this.explanation = explain(mail, this.#owner.ctx.playbook);
           return pending.map((address) => ({ address, outcome: mail, remoteMta: who }));
         }
         recipients = [];
@@ -130,7 +130,7 @@ export class Leg {
       const reply = await lease.data(message());
       const data = (this.data = formatReply(reply));
       const outcome = this.#said(reply, 'DATA');
-      this.explanation = explain(outcome);
+      this.explanation = explain(outcome, this.#owner.ctx.playbook);
       for (const address of recipients) results.push({ address, outcome, remoteMta: who, data });
     } catch (err) {
       this.#broken = true;

@@ -1,5 +1,5 @@
 import type { Signature, SpfVerdict } from '../auth/index.ts';
-import { classifyReply, type Classification, type Connected, type Destination, type UpstreamLease } from '../delivery/index.ts';
+import type { Classification, Connected, Destination, Playbook, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { formatReply, saidOf, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo } from './context.ts';
@@ -8,9 +8,9 @@ import type { ClientInfo } from './context.ts';
 export type Explanation = Partial<Pick<Classification, 'category' | 'remediation' | 'rule' | 'provider'>>;
 
 /** Explains the destination's own reply behind an outcome; nothing for acceptances and the relay's own answers. */
-export function explain(outcome: Outcome | undefined): Explanation {
+export function explain(outcome: Outcome | undefined, playbook: Playbook): Explanation {
   const said = outcome && saidOf(outcome);
-  const classification = said && classifyReply(said.reply, { mxHost: said.mxHost });
+  const classification = said && playbook.classify(said.reply, { mxHost: said.mxHost });
   if (!classification) return {};
   const { category, remediation, rule, provider } = classification;
   return { category, remediation, rule, provider };
@@ -58,6 +58,7 @@ export interface TransactionFacts {
   message: MessageFacts;
   /** What the client was answered at the end. */
   outcome: Outcome;
+  playbook: Playbook;
   started: number;
 }
 
@@ -97,7 +98,7 @@ export function transactionRecord(facts: TransactionFacts): Record<string, unkno
     outcome: outcome.kind,
     reply: formatReply(outcome.reply),
     // When the answer is a destination's own refusal: what it means and what to do.
-    ...explain(outcome),
+    ...explain(outcome, facts.playbook),
     ms: Date.now() - facts.started,
   };
 }

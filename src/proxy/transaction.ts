@@ -125,7 +125,7 @@ export class Transaction {
     this.#recipients.push(record);
     const outcome = await this.#forwardRecipient(address, record);
     record.rcpt = formatReply(outcome.reply);
-    Object.assign(record, explain(outcome));
+    Object.assign(record, explain(outcome, this.#ctx.playbook));
     record.result = outcome.kind === 'accepted' ? 'accepted' : outcome.kind === 'temporary' ? 'deferred' : 'refused';
     return outcome;
   }
@@ -318,7 +318,7 @@ export class Transaction {
         });
         if (pending.length === 0) return [];
         const results = await leg.send(pending, () => this.#outgoing(received, message, true));
-        for (const r of results) Object.assign(this.#record(r.address), r.data === undefined ? {} : { data: r.data }, explain(r.outcome));
+        for (const r of results) Object.assign(this.#record(r.address), r.data === undefined ? {} : { data: r.data }, explain(r.outcome, this.#ctx.playbook));
         return results;
       }),
     );
@@ -386,6 +386,7 @@ export class Transaction {
       legs: [...this.#legs.values()],
       message,
       outcome,
+      playbook: this.#ctx.playbook,
       started: this.#started,
     });
     this.#logger.info(record, 'transaction');
