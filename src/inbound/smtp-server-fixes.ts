@@ -2,7 +2,7 @@ import type { SMTPServer } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 
 /**
- * Two behaviours of smtp-server (written against 3.21.6) that the relay's listeners change,
+ * Two behaviours of smtp-server (written against WRITTEN_FOR) that the relay's listeners change,
  * through its connection class, and only for the servers passed to `adoptListener`: the
  * simulated destinations of the tests run smtp-server in the same process and keep its
  * own behaviour.
@@ -19,6 +19,9 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
  *    smtp-server's parser finishes only after the reply to its last command, and by itself
  *    would leave the socket open until the idle timeout.
  */
+/** The smtp-server release whose internals (send, _createParser, readyState) this was written against. */
+export const WRITTEN_FOR = '3.21.6';
+
 const listeners = new WeakSet<SMTPServer>();
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
 let installed = false;
