@@ -19,6 +19,7 @@ describe('egress identity', () => {
     dns.addPtr('127.0.0.2', 'good.example.test');
     dns.addPtr('127.0.0.3', 'unconfirmed.example.test', { forward: false });
     dns.add('unconfirmed.example.test', { type: 'A', data: '127.0.0.99' });
+    dns.addPtr('127.0.0.6', 'mail_out.example.test');
   });
   after(async () => dns.close());
   const resolve = () => uncachedResolver({ servers: [{ host: dns.host, port: dns.port }], timeout: 1000, tries: 1 });
@@ -32,6 +33,13 @@ describe('egress identity', () => {
     const egress = await verifyEgress({ ip: '127.0.0.3', helo: 'auto' }, resolve());
     assert.equal(egress.verified, false);
     assert.match(egress.problem!, /unconfirmed\.example\.test, but that name does not resolve back to 127\.0\.0\.3: add an A\/AAAA record/);
+  });
+
+  it('never takes a PTR that is no host name as the HELO, even when it forward-confirms', async () => {
+    const egress = await verifyEgress({ ip: '127.0.0.6', helo: 'auto' }, resolve());
+    assert.equal(egress.verified, false);
+    assert.equal(egress.helo, '[127.0.0.6]');
+    assert.match(egress.problem!, /PTR of 127\.0\.0\.6 is "mail_out\.example\.test", not a host name usable as HELO/);
   });
 
   it('does not verify an address without PTR, nor a configured HELO the PTR does not name', async () => {

@@ -34,6 +34,8 @@ function sameAddress(a: string, b: string): boolean {
   return address !== undefined && address === canonicalAddress(b);
 }
 
+const HOST_NAME = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$/;
+
 /**
  * Gmail, Microsoft and Yahoo all want the connecting IP's PTR to name a host whose A/AAAA
  * gives the same IP back (forward-confirmed reverse DNS), and the HELO to be that name.
@@ -51,7 +53,13 @@ export async function verifyEgress(config: EgressConfig, resolve: Resolve): Prom
     if (isTemporaryDnsError(err)) return { ...base, helo, verified: false, inconclusive: true, problem: `PTR lookup for ${config.ip} failed (${code})` };
     return { ...base, helo, verified: false, problem: `no PTR record for ${config.ip} (${code}): publish one naming the relay's HELO host` };
   }
-  const candidates = config.helo === 'auto' ? ptrNames : ptrNames.filter((name) => name === config.helo.toLowerCase());
+  // RFC 5321 §4.1.1.1 / §2.3.5: the EHLO name is a domain of letters, digits and hyphens; a
+  // PTR that names anything else (an underscore, a space) cannot be the HELO.
+  const hostNames = ptrNames.filter((name) => HOST_NAME.test(name));
+  if (config.helo === 'auto' && hostNames.length === 0) {
+    return { ...base, helo: literal, verified: false, problem: `PTR of ${config.ip} is ${ptrNames.map((name) => JSON.stringify(name)).join(', ')}, not a host name usable as HELO: publish a PTR naming the relay's host` };
+  }
+  const candidates = config.helo === 'auto' ? hostNames : ptrNames.filter((name) => name === config.helo.toLowerCase());
   if (candidates.length === 0) {
     return { ...base, helo: config.helo, verified: false, problem: `PTR of ${config.ip} is ${ptrNames.join(', ')}, not the configured HELO ${config.helo}` };
   }
