@@ -17,6 +17,42 @@ export interface SpfVerdict {
   domain: string;
   /** The SPF record that decided it, when there was one. */
   record?: string;
+  /** Lookups of the SPF chain that failed for now; present only when some did. */
+  dnsFailures?: DnsFailure[];
+}
+
+/**
+ * A lookup that failed for now (a timeout, SERVFAIL, no answer over TCP after truncation):
+ * its answer could have changed the verdict, so only a retry can tell (RFC 7208 §2.6.6
+ * temperror, RFC 6376 §6.1.2 TEMPFAIL, RFC 7489 §6.6.3).
+ */
+export interface DnsFailure {
+  /** `TXT _dmarc.example.com` */
+  lookup: string;
+  code: string;
+  /** `host:port` of the server asked last. */
+  server?: string;
+}
+
+/** Hands lookups on to `resolve`, noting each one that failed for now. */
+function recording(resolve: Resolve, failures: DnsFailure[]): Resolve {
+  return (async (name: string, rrtype: string) => {
+    try {
+      return await resolve(name, rrtype);
+    } catch (err) {
+      const { code, server } = err as NodeJS.ErrnoException & { server?: string };
+      // Answers that exist (NXDOMAIN, NODATA) and names that cannot (EBADNAME) are definite.
+      if (code !== 'ENOTFOUND' && code !== 'ENODATA' && code !== 'EBADNAME') {
+        failures.push({ lookup: `${rrtype} ${name.replace(/\.$/, '')}`, code: code ?? 'error', ...(server && { server }) });
+      }
+      throw err;
+    }
+  }) as Resolve;
+}
+
+/** "DNS lookup of TXT _dmarc.example.com at 10.0.0.53:53 failed (ETIMEOUT)", for each failure. */
+export function describeDnsFailures(failures: DnsFailure[]): string {
+  return failures.map((f) => `DNS lookup of ${f.lookup}${f.server ? ` at ${f.server}` : ''} failed (${f.code})`).join(', ');
 }
 
 export interface Prediction {
@@ -25,6 +61,8 @@ export interface Prediction {
   dmarc: { result: string; policy?: string; domain?: string; alignedBy?: 'spf' | 'dkim' };
   /** The Authentication-Results a receiver would write, on one line. */
   authenticationResults: string;
+  /** Lookups that failed for now while predicting (SPF chain, DKIM keys, DMARC records). */
+  dnsFailures: DnsFailure[];
 }
 
 export interface Policy {
@@ -72,8 +110,9 @@ export function policyFor(config: Config, domain: string): Policy {
  * MAIL FROM domain (the HELO identity for a null sender), the egress HELO.
  */
 export async function checkSpf(sender: string, ctx: PreflightContext): Promise<SpfVerdict> {
-  const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(ctx.resolve), strict: STRICT });
-  return { result: result.status.result as SpfVerdict['result'], domain: result.domain, record: result.rr || undefined };
+  const dnsFailures: DnsFailure[] = [];
+  const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(recording(ctx.resolve, dnsFailures)), strict: STRICT });
+  return { result: result.status.result as SpfVerdict['result'], domain: result.domain, record: result.rr || undefined, ...(dnsFailures.length && { dnsFailures }) };
 }
 
 /** RFC 2045 §5.1 token: what strict mode requires of an authserv-id (RFC 8601 §2.2). */
@@ -90,12 +129,13 @@ function authservId(helo: string): string {
 
 /** The receiver's verdict on the signed message: mailauth's authenticate(), as Gmail's would run. */
 export async function predict(message: AsyncIterable<Buffer>, sender: string, ctx: PreflightContext): Promise<Prediction> {
+  const dnsFailures: DnsFailure[] = [];
   const result: AuthenticateResult = await authenticate(Readable.from(message), {
     ip: ctx.ip,
     helo: ctx.helo,
     sender,
     mta: authservId(ctx.helo),
-    resolver: resolver(ctx.resolve),
+    resolver: resolver(recording(ctx.resolve, dnsFailures)),
     // mailauth has one switch for every check: DKIM and DMARC are judged by their RFCs too.
     strict: STRICT,
     disableArc: true,
@@ -120,6 +160,7 @@ export async function predict(message: AsyncIterable<Buffer>, sender: string, ct
       .replace(/^Authentication-Results:\s*/, '')
       .replace(/\r?\n[ \t]+/g, ' ')
       .trim(),
+    dnsFailures,
   };
 }
 
@@ -138,9 +179,11 @@ export async function predictFromParts(options: {
   otherSignatures: number;
   resolve: Resolve;
 }): Promise<Prediction> {
+  const dnsFailures: DnsFailure[] = [...(options.spf.dnsFailures ?? [])];
+  const resolve = recording(options.resolve, dnsFailures);
   const dkim: Prediction['dkim'] = await Promise.all(
     options.keys.map(async (key) => {
-      const published = await checkPublished(key, options.resolve);
+      const published = await checkPublished(key, resolve);
       const result = { matches: 'pass', mismatch: 'fail', revoked: 'fail', missing: 'permerror', unreadable: 'temperror' }[published.state];
       return { result, domain: key.domain, selector: key.selector, aligned: false };
     }),
@@ -150,7 +193,7 @@ export async function predictFromParts(options: {
     headerFrom: options.author,
     spfDomains: options.spf.result === 'pass' ? [options.spf.domain] : [],
     dkimDomains: dkim.filter((d) => d.result === 'pass' && d.domain).map((d) => ({ domain: d.domain! })),
-    resolver: resolver(options.resolve),
+    resolver: resolver(resolve),
   });
   const alignedDkim = verdict ? verdict.alignment?.dkim?.result : undefined;
   for (const d of dkim) d.aligned = d.result === 'pass' && d.domain === alignedDkim;
@@ -170,6 +213,7 @@ export async function predictFromParts(options: {
       alignedBy: verdict && verdict.alignment?.spf?.result ? 'spf' : alignedDkim ? 'dkim' : undefined,
     },
     authenticationResults: parts.join('; '),
+    dnsFailures,
   };
 }
 
@@ -205,7 +249,7 @@ export interface PolicyVerdict {
 }
 
 /** What an admin does about a DKIM failure of the author domain. */
-function dkimAdvice(author: string, keys: number): string {
+export function dkimAdvice(author: string, keys: number): string {
   return keys === 0
     ? `no DKIM key is configured for ${author}: create one with "hygiene-relay dkim keygen --domain ${author} --selector s1", publish its TXT record and add it under domains`
     : `the DKIM signature of ${author} does not verify: run "hygiene-relay dkim check" and publish the record it names`;
@@ -218,9 +262,12 @@ function dkimAdvice(author: string, keys: number): string {
  * signature (§3.1), X.7.26 several checks failed (§3.4), which a DMARC failure always is
  * (neither SPF nor DKIM passed aligned), as Gmail answers it.
  */
-function refusalOf(failed: Check[], temporary: boolean, reasons: string[], domain: string): Outcome | undefined {
+function refusalOf(failed: Check[], temporary: boolean, reasons: string[], domain: string, dnsFailures: DnsFailure[]): Outcome | undefined {
   if (failed.length === 0) return undefined;
-  if (temporary) return failure('temporary', 451, '4.4.3', `${failed.join(', ')} could not be checked for ${domain} (DNS): try again later`);
+  if (temporary) {
+    const why = dnsFailures.length ? describeDnsFailures(dnsFailures) : 'DNS';
+    return failure('temporary', 451, '4.4.3', clip(`${failed.join(', ')} could not be checked for ${domain} (${why}): try again later`, 450));
+  }
   const enhanced = failed.length > 1 || failed[0] === 'dmarc' ? '5.7.26' : failed[0] === 'spf' ? '5.7.23' : '5.7.20';
   return failure('permanent', 550, enhanced, clip(reasons.join('; '), 450));
 }
@@ -255,7 +302,9 @@ export function judge(policy: Policy, prediction: Prediction, advice: { ip: stri
     const dkimPart = dkimPass ? `DKIM passes but d= is not aligned with ${prediction.dmarc.domain}` : dkim;
     reasons.push(`DMARC of ${prediction.dmarc.domain} would fail (p=${prediction.dmarc.policy ?? 'none'}): ${spfPart}; ${dkimPart}; either one aligned pass is enough`);
   }
-  return { failed, reasons, refusal: refusalOf(failed, temporary, reasons, policy.domain) };
+  // Any lookup that failed for now could have turned a failing check into a pass.
+  if (prediction.dnsFailures.length) temporary = true;
+  return { failed, reasons, refusal: refusalOf(failed, temporary, reasons, policy.domain, prediction.dnsFailures) };
 }
 
 const ACCEPTED: Outcome = { kind: 'accepted', reply: { code: 250, lines: ['OK'] } };
@@ -275,7 +324,10 @@ export async function checkSender(sender: string, config: Config, ctx: Preflight
   }
   const policy = policyFor(config, spf.domain);
   if (policy.mode !== 'enforce' || !policy.require.includes('spf') || spf.result === 'pass') return { spf, outcome: ACCEPTED };
-  if (spf.result === 'temperror') return { spf, outcome: failure('temporary', 451, '4.4.3', `SPF of ${spf.domain} could not be checked (DNS); try again later`) };
+  if (spf.result === 'temperror' || spf.dnsFailures) {
+    const why = spf.dnsFailures ? describeDnsFailures(spf.dnsFailures) : 'DNS';
+    return { spf, outcome: failure('temporary', 451, '4.4.3', clip(`SPF of ${spf.domain} could not be checked (${why}); try again later`, 450)) };
+  }
   return { spf, outcome: failure('permanent', 550, '5.7.23', `SPF would fail at the receiver: ${spfAdvice(spf, ctx.ip)}`) };
 }
 

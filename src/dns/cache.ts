@@ -123,8 +123,10 @@ export class DnsCache {
       entry = await this.#entry(name, type);
     } catch (err) {
       // A fresh error per caller, named as that caller asked, even when the query was shared.
-      if (err instanceof DnsLookupError) throw new DnsLookupError(err.code, name, type, err.negativeTtl);
-      throw err;
+      if (!(err instanceof DnsLookupError)) throw err;
+      const fresh = new DnsLookupError(err.code, name, type, err.negativeTtl);
+      fresh.server = err.server;
+      throw fresh;
     }
     if ('code' in entry) throw new DnsLookupError(entry.code, name, type);
     // Callers may sort or change what they get (MX lists are sorted in place): never the cached copy.

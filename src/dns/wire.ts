@@ -46,6 +46,8 @@ export class DnsLookupError extends Error {
   readonly syscall: string;
   /** Seconds, from the SOA in the authority section (RFC 2308 §5); only for ENOTFOUND/ENODATA. */
   declare readonly negativeTtl: number | undefined;
+  /** `host:port` of the server whose answer (or silence) this is, for messages that name it. */
+  declare server: string | undefined;
 
   constructor(code: string, hostname: string, rrtype: string, negativeTtl?: number) {
     const syscall = `query${rrtype[0]}${rrtype.slice(1).toLowerCase()}`;
@@ -55,6 +57,7 @@ export class DnsLookupError extends Error {
     this.syscall = syscall;
     // Not enumerable: the error looks like node's to anyone who inspects it.
     Object.defineProperty(this, 'negativeTtl', { value: negativeTtl });
+    Object.defineProperty(this, 'server', { value: undefined, writable: true });
   }
 }
 
@@ -241,11 +244,13 @@ export async function lookup(name: string, type: CachedType, options: WireOption
         if ((reply.flags ?? 0) & dnsPacket.TRUNCATED_RESPONSE) reply = await overTcp(server, query, options.timeout);
       } catch (err) {
         last = new DnsLookupError((err as NodeJS.ErrnoException).code ?? 'ECONNREFUSED', name, type);
+        last.server = `${server.host}:${server.port}`;
         continue;
       }
       try {
         return extract(reply, name, type);
       } catch (err) {
+        if (err instanceof DnsLookupError) err.server = `${server.host}:${server.port}`;
         if (!(err instanceof DnsLookupError) || !RETRYABLE.has(err.code)) throw err;
         last = err;
       }

@@ -22,8 +22,12 @@ export type RecordData =
 
 export type RecordType = RecordData['type'];
 
-/** `timeout` never answers; the others answer with that rcode. */
-export type Fault = 'servfail' | 'nxdomain' | 'timeout' | 'refused';
+/**
+ * `timeout` never answers; `truncated` answers over UDP with TC set (the answer does not fit)
+ * and never over TCP, so a client that retries over TCP as it must (RFC 7766 §5) gets
+ * nothing; the others answer with that rcode.
+ */
+export type Fault = 'servfail' | 'nxdomain' | 'timeout' | 'refused' | 'truncated';
 
 export interface DnsServerOptions {
   /** Loopback address to serve on; 127.0.0.1 by default. */
@@ -279,10 +283,14 @@ export class DnsServer {
 
     const outcome = this.#resolve(question);
     if (outcome === 'timeout') return undefined;
+    if (outcome === 'truncated') {
+      if (transport === 'tcp') return undefined;
+      return dnsPacket.encode({ type: 'response', id: query.id, flags: dnsPacket.AUTHORITATIVE_ANSWER | dnsPacket.TRUNCATED_RESPONSE | rd, questions });
+    }
     return reply(outcome.rcode, outcome.answers, outcome.authorities);
   }
 
-  #resolve(question: Question): 'timeout' | { rcode: number; answers: Answer[]; authorities: Answer[] } {
+  #resolve(question: Question): 'timeout' | 'truncated' | { rcode: number; answers: Answer[]; authorities: Answer[] } {
     const qtype = String(question.type).toUpperCase();
     const answers: Answer[] = [];
     let owner = question.name;
@@ -290,7 +298,7 @@ export class DnsServer {
     for (;;) {
       const key = normalizeName(owner);
       const fault = this.#faults.get(`${key}|${qtype}`) ?? this.#faults.get(`${key}|*`);
-      if (fault === 'timeout') return 'timeout';
+      if (fault === 'timeout' || fault === 'truncated') return fault;
       if (fault !== undefined) {
         return { rcode: FAULT_RCODE[fault], answers, authorities: fault === 'nxdomain' ? [this.#soa(key)] : [] };
       }
