@@ -2,7 +2,8 @@ import MimeNode from 'nodemailer/lib/mime-node';
 import { connectDestination, resolveDestination, routeDestination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { enhancedOf, formatReply, type Reply } from '../smtp/index.ts';
-import { rawHeaderSection, rfc5322Date } from './headers.ts';
+import type { HeaderSection } from '../message/index.ts';
+import { rfc5322Date } from './headers.ts';
 import type { RelayContext } from './context.ts';
 
 /** A recipient a destination refused for good after the client had been told nothing yet. */
@@ -17,7 +18,7 @@ export interface NotificationInput {
   sender: string;
   refusals: Refusal[];
   /** The original message's header section (RFC 6522 §3: returned as text/rfc822-headers). */
-  header: Buffer;
+  header: HeaderSection;
   arrival: Date;
 }
 
@@ -71,7 +72,7 @@ export async function composeStatusNotification(input: NotificationInput, report
     .setHeader('Content-Transfer-Encoding', '7bit')
     // 7bit by RFC 6522 §3: 8-bit header bytes cannot travel in it, so they are masked.
     .setContent(
-      rawHeaderSection(input.header)
+      input.header.text
         .split(/\r?\n/)
         .map((line) => line.replace(/[^\x09\x20-\x7e]/g, '?'))
         .join('\r\n') + '\r\n',

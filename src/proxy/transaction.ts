@@ -19,7 +19,8 @@ import type { Logger } from '../observability/index.ts';
 import { failure, formatReply, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
-import { authorDomain, derivedMessageId, fromFields, HeaderSplitter, headerSection, headerValue, receivedHeader, rfc5322Date, withFields, withoutFields } from './headers.ts';
+import { HeaderSection, HeaderSplitter } from '../message/index.ts';
+import { authorDomain, derivedMessageId, receivedHeader, rfc5322Date } from './headers.ts';
 import addressparser from 'nodemailer/lib/addressparser';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
@@ -31,7 +32,7 @@ import { toReport, verdict, type Notification } from './verdict.ts';
 interface SpooledMessage {
   spool: Spool;
   /** The header section as it leaves, after hygiene. */
-  header: Buffer;
+  header: HeaderSection;
   signatures: Buffer;
   /** Where the rest of the message (after the original header section) starts in the spool. */
   offset: number;
@@ -39,12 +40,6 @@ interface SpooledMessage {
 
 /** Messages up to this size get mailauth's full authenticate() as the preflight. */
 const FULL_PREFLIGHT_LIMIT = 2 * 1024 * 1024;
-
-function fieldCount(header: Buffer, name: string): number {
-  return headerSection(header)
-    .split(/\r?\n/)
-    .filter((line) => line.toLowerCase().startsWith(`${name}:`)).length;
-}
 
 export function newTransactionId(): string {
   return randomBytes(9).toString('base64url');
@@ -174,8 +169,9 @@ export class Transaction {
         outcome = failure('permanent', 552, '5.3.4', 'header section larger than 1 MiB');
         return outcome;
       }
-      const original = splitter.header;
-      messageId = headerValue(original, 'message-id');
+      // Parsed once: the checks, hygiene, the record and the signer all read these fields.
+      const original = HeaderSection.parse(splitter.header);
+      messageId = original.value('message-id');
       const refused = this.#checkHeader(original);
       if (refused) {
         outcome = this.#own(refused);
@@ -183,10 +179,10 @@ export class Transaction {
       }
       const header = this.#hygiene(original, spool.sha256);
       // The record names the Message-ID that left, the one the relay added included.
-      messageId = headerValue(header, 'message-id');
+      messageId = header.value('message-id');
       const signed = this.#sign(header, bodyHash.digest());
       dkim = signed.record;
-      const message: SpooledMessage = { spool, header, offset: original.length, signatures: signed.header };
+      const message: SpooledMessage = { spool, header, offset: original.bytes.length, signatures: signed.header };
       const stopped = await this.#preflight(message, signed.keys);
       if (stopped) {
         outcome = this.#own(stopped);
@@ -211,8 +207,8 @@ export class Transaction {
    * Gmail's formatting rules (RFC 5322 §3.6): exactly one From, naming one mailbox. And a
    * client limited to sender domains may not put another one in From.
    */
-  #checkHeader(header: Buffer): Outcome | undefined {
-    const fields = fromFields(header);
+  #checkHeader(header: HeaderSection): Outcome | undefined {
+    const fields = header.all('from').map((field) => field.value);
     if (fields.length !== 1) {
       return failure('permanent', 550, '5.6.0', `the message has ${fields.length} From header fields; RFC 5322 and Gmail require exactly one`);
     }
@@ -234,18 +230,17 @@ export class Transaction {
    * first attempt (RFC 5322 §3.6.4: one message, one identifier), also at destinations that
    * got the first attempt in a copy the memo does not know of.
    */
-  #hygiene(original: Buffer, sha256: string): Buffer {
-    let header = this.#ctx.config.hygiene.removeReceived ? withoutFields(original, 'received') : original;
-    const added: string[] = [];
-    if (headerValue(original, 'date') === undefined) added.push(`Date: ${rfc5322Date()}`);
-    if (headerValue(original, 'message-id') === undefined) added.push(`Message-ID: <${derivedMessageId(sha256, this.#sender)}@${this.#egress.helo}>`);
-    header = withFields(header, added);
-    this.#added = added.map((field) => field.slice(0, field.indexOf(':')));
-    return header;
+  #hygiene(original: HeaderSection, sha256: string): HeaderSection {
+    const kept = this.#ctx.config.hygiene.removeReceived ? original.without('received') : original;
+    const added: [name: string, value: string][] = [];
+    if (original.value('date') === undefined) added.push(['Date', rfc5322Date()]);
+    if (original.value('message-id') === undefined) added.push(['Message-ID', `<${derivedMessageId(sha256, this.#sender)}@${this.#egress.helo}>`]);
+    this.#added = added.map(([name]) => name);
+    return kept.appended(added);
   }
 
   /** DKIM-Signature fields for the message's author domain, and what the record says of them. */
-  #sign(header: Buffer, bodyHash: string): { header: Buffer; record: Signature[] | string; keys: SigningKey[] } {
+  #sign(header: HeaderSection, bodyHash: string): { header: Buffer; record: Signature[] | string; keys: SigningKey[] } {
     const author = authorDomain(header);
     if (!author) return { header: Buffer.alloc(0), record: 'unsigned: no From address', keys: [] };
     const keys = this.#ctx.keys.forAuthor(author);
@@ -282,7 +277,7 @@ export class Transaction {
               sender: this.#sender,
               author,
               keys,
-              otherSignatures: fieldCount(message.header, 'dkim-signature'),
+              otherSignatures: message.header.count('dkim-signature'),
               resolve: this.#ctx.resolve,
             });
     } catch (err) {
@@ -349,7 +344,7 @@ export class Transaction {
    * header section after hygiene, then the rest as the client sent it.
    */
   async *#outgoing(received: Buffer, message: SpooledMessage, reuse: boolean): AsyncGenerator<Buffer> {
-    yield Buffer.concat([received, message.signatures, message.header]);
+    yield Buffer.concat([received, message.signatures, message.header.bytes]);
     yield* message.spool.chunks(message.offset, { reuse });
   }
 

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import tls from 'node:tls';
+import { LineEnds } from '../message/index.ts';
 import { ReplyParser, formatReply, type Reply } from '../smtp/index.ts';
 
 /**
@@ -99,71 +100,54 @@ const DEFAULT_TIMEOUTS: Timeouts = {
   quit: 5_000,
 };
 
-const CR = 0x0d;
-const LF = 0x0a;
-const DOT = 0x2e;
-const CRLF_BUF = Buffer.from('\r\n');
-const LF_BUF = Buffer.from('\n');
 /** The message for DATA: a stream, an async generator or an array of chunks. */
 export type MessageSource = AsyncIterable<Buffer | Uint8Array | string> | Iterable<Buffer | Uint8Array | string>;
 
+const LF = 0x0a;
+const DOT = 0x2e;
 const DOT_BUF = Buffer.from('.');
 const END = '.\r\n';
 
+/** Where the line after the next LF from `from` starts in the chunk, or -1 if not in it. */
+function lineAfter(chunk: Buffer, from: number): number {
+  const lf = chunk.indexOf(LF, from);
+  return lf < 0 || lf === chunk.length - 1 ? -1 : lf + 1;
+}
+
 /**
  * Message bytes to DATA wire format, one chunk at a time, without ever holding more than the
- * current chunk. Line ends become CRLF (RFC 5321 §2.3.8: bare CR and bare LF are not allowed
- * in mail data) and a '.' starting a line is doubled (§4.5.2). State carried between chunks:
- * the previous byte (a CR whose LF may start the next chunk) and whether a line has just begun
- * (a '.' at the start of the next chunk).
+ * current chunk. Line ends become CRLF by `LineEnds` (RFC 5321 §2.3.8: bare CR and bare LF
+ * are not allowed in mail data), then a '.' starting a line is doubled (§4.5.2). State
+ * carried between chunks: whether a line has just begun (a '.' at the start of the next chunk).
  */
 class DataEncoder {
-  #prev = LF;
+  #lines = new LineEnds();
   #lineStart = true;
 
   /** Returns the input itself when nothing had to change, so the common case copies nothing. */
   push(chunk: Buffer): Buffer {
-    const parts: Buffer[] = [];
+    const crlf = this.#lines.push(chunk);
+    if (crlf.length === 0) return crlf;
+    let parts: Buffer[] | undefined;
     let start = 0;
-    let prev = this.#prev;
-    let lineStart = this.#lineStart;
-    for (let i = 0; i < chunk.length; i++) {
-      const b = chunk[i];
-      if (b === LF) {
-        if (prev !== CR) {
-          if (i > start) parts.push(chunk.subarray(start, i));
-          parts.push(CRLF_BUF);
-          start = i + 1;
-        }
-        lineStart = true;
-      } else {
-        if (prev === CR) {
-          // The CR (already passed on, perhaps in the previous chunk) was bare: complete it.
-          if (i > start) parts.push(chunk.subarray(start, i));
-          parts.push(LF_BUF);
-          start = i;
-          lineStart = true;
-        }
-        if (b === DOT && lineStart) {
-          if (i > start) parts.push(chunk.subarray(start, i));
-          parts.push(DOT_BUF);
-          start = i;
-        }
-        lineStart = false;
+    // Lines start at the chunk's start if one had just begun, and after each LF in it.
+    for (let at = this.#lineStart ? 0 : lineAfter(crlf, 0); at >= 0; at = lineAfter(crlf, at)) {
+      if (crlf[at] === DOT) {
+        (parts ??= []).push(crlf.subarray(start, at), DOT_BUF);
+        start = at;
       }
-      prev = b;
     }
-    this.#prev = prev;
-    this.#lineStart = lineStart;
-    if (parts.length === 0) return chunk;
-    if (start < chunk.length) parts.push(chunk.subarray(start));
+    this.#lineStart = crlf[crlf.length - 1] === LF;
+    if (!parts) return crlf;
+    parts.push(crlf.subarray(start));
     return Buffer.concat(parts);
   }
 
   /** What closes the message: the missing end of the last line, if any, then the lone dot. */
   end(): Buffer {
-    if (this.#prev === CR) return Buffer.from('\n' + END);
-    return Buffer.from(this.#lineStart ? END : '\r\n' + END);
+    // A bare CR at the very end gets its LF from `LineEnds`; any other unended last line a CRLF.
+    const tail = this.#lines.end();
+    return Buffer.concat([tail, Buffer.from(tail.length || this.#lineStart ? END : '\r\n' + END)]);
   }
 }
 

@@ -1,5 +1,6 @@
 import { createHash, sign } from 'node:crypto';
-import { parseHeaderFields, relaxedHeader } from './canonical.ts';
+import type { HeaderSection } from '../../message/index.ts';
+import { relaxedHeader } from './canonical.ts';
 import type { DkimAlgorithm, SigningKey } from './keys.ts';
 
 /**
@@ -56,13 +57,12 @@ function fold(items: string[], separator: string, width = 72): string {
  * RFC 6376 §8.15), which is what stops a second From being added after signing. It also
  * re-reads the whole message, where the body hash here is already done when DATA ends.
  */
-export function signHeaders(headerSection: Buffer, bodyHash: string, keys: readonly SigningKey[], now = new Date()): { header: Buffer; signatures: Signature[] } {
-  const fields = parseHeaderFields(headerSection);
+export function signHeaders(section: HeaderSection, bodyHash: string, keys: readonly SigningKey[], now = new Date()): { header: Buffer; signatures: Signature[] } {
   const names: string[] = [];
   let canonical = '';
   for (const name of SIGNED_HEADERS) {
     // RFC 6376 §5.4.2: several instances are signed from the last one upwards.
-    for (const field of fields.filter((f) => f.name === name).reverse()) {
+    for (const field of section.all(name).reverse()) {
       names.push(name);
       canonical += `${relaxedHeader(field.raw)}\r\n`;
     }
