@@ -22,6 +22,8 @@ describe('DKIM signing', () => {
         parent = makeKey(dir, 'group.test', 'grp', 'rsa', { dns: internet.dns });
         internet.dns.add('_dmarc.example.test', { type: 'TXT', data: 'v=DMARC1; p=reject' });
         internet.dns.add('_dmarc.group.test', { type: 'TXT', data: 'v=DMARC1; p=reject' });
+        // Unsigned but authenticated by SPF: every receiver wants one of the two.
+        internet.dns.add('unlisted.test', { type: 'TXT', data: 'v=spf1 ip4:127.0.0.2 -all' });
         internet.dns.add('mail.group.test', { type: 'TXT', data: 'v=spf1 -all' });
         return {
           domains: {

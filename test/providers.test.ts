@@ -28,8 +28,8 @@ describe('one provider registry for shaping and the playbook', () => {
   it('merges delivery.providers over the shipped table by name, and refuses a new one without mx', () => {
     const config = parseConfig({ egress: [{ ip: '127.0.0.2' }], delivery: { providers: { gmail: { maxSessions: 2 }, acme: { mx: ['acme-mail.example'], backoff: '1m' } } } });
     const providers = Providers.load(config.delivery.providers);
-    const gmail = providers.entries.find((p) => p.name === 'gmail')!;
-    assert.deepEqual(gmail, { name: 'gmail', mx: ['google.com', 'googlemail.com'], maxSessions: 2, messagesPerMinute: 600, backoff: 600_000 });
+    const { name, mx, maxSessions, messagesPerMinute, backoff } = providers.entries.find((p) => p.name === 'gmail')!;
+    assert.deepEqual({ name, mx, maxSessions, messagesPerMinute, backoff }, { name: 'gmail', mx: ['google.com', 'googlemail.com'], maxSessions: 2, messagesPerMinute: 600, backoff: 600_000 });
     assert.equal(providers.of(['mx1.acme-mail.example'])?.name, 'acme');
     assert.equal(providers.of(['mx1.acme-mail.example'])?.backoff, 60_000);
     assert.equal(providers.of(['mx01.mail.icloud.com'])?.name, 'apple', 'shipped entries stay');

@@ -3,9 +3,9 @@ import { parse as parseYaml, YAMLParseError } from 'yaml';
 import type { z } from 'zod';
 import { relayConfigSchema, type Config } from './schema.ts';
 
-export { providerSchema } from './schema.ts';
+export { profileSchema, providerSchema } from './schema.ts';
 
-export type { Config, ListenerConfig, EgressConfig, RouteConfig, ClientUser, RedisSettings } from './schema.ts';
+export type { Config, ListenerConfig, EgressConfig, RouteConfig, ClientUser, RedisSettings, Profile, Requirements } from './schema.ts';
 
 /** A configuration that cannot be used; `message` is one line naming the key path and the problem. */
 export class ConfigError extends Error {

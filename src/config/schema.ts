@@ -189,6 +189,27 @@ const route = z.strictObject({
   auth: routeAuth.optional(),
 });
 
+/** What a receiver demands of a message before it takes it (src/delivery/providers.yaml). */
+const requirements = z.strictObject({
+  /** The SPF (RFC 7208) and DKIM (RFC 6376) results it wants: one of them passing, or both. */
+  authentication: z.enum(['spf-or-dkim', 'spf-and-dkim']).optional(),
+  /**
+   * policy: a DMARC failure is refused when the From domain's policy says quarantine or
+   * reject (RFC 7489 §6.3); published: the domain must publish a record; aligned: the record
+   * must exist and DMARC pass (SPF or DKIM aligned with From).
+   */
+  dmarc: z.enum(['policy', 'published', 'aligned']).optional(),
+  /** link: a List-Unsubscribe field (RFC 2369); one-click: an https one with List-Unsubscribe-Post (RFC 8058). */
+  unsubscribe: z.enum(['link', 'one-click']).optional(),
+  /** The egress PTR forward-confirms (FCrDNS) and names the HELO. */
+  ptr: z.boolean().optional(),
+  /** The session to it uses TLS. */
+  tls: z.boolean().optional(),
+});
+
+/** A provider's profile: what it demands of every sender, and of bulk senders. */
+export const profileSchema = z.strictObject({ all: requirements, bulk: requirements });
+
 /**
  * A provider of the registry (src/delivery/providers.yaml) as a whole; in the config,
  * `delivery.providers` gives only the keys that change (providerOverride).
@@ -200,6 +221,8 @@ export const providerSchema = z.strictObject({
   messagesPerMinute: z.number().int().min(1).default(600),
   /** How long to stop after the provider says to slow down (Gmail: at least 10 minutes). */
   backoff: duration.prefault('10m'),
+  /** What it demands of a message; the `default` profile when absent. */
+  requires: profileSchema.optional(),
 });
 
 const providerOverride = z.strictObject({
@@ -207,6 +230,8 @@ const providerOverride = z.strictObject({
   maxSessions: z.number().int().min(1).optional(),
   messagesPerMinute: z.number().int().min(1).optional(),
   backoff: duration.optional(),
+  /** `all` and `bulk` given here replace the shipped ones, each as a whole. */
+  requires: z.strictObject({ all: requirements.optional(), bulk: requirements.optional() }).optional(),
 });
 
 const selector = z
@@ -234,6 +259,12 @@ const sendingDomain = z.strictObject({
   dkim: z.array(dkimKey).default([]),
   /** The keys also sign mail whose From is a subdomain (d= stays this domain). */
   subdomains: z.boolean().default(false),
+  /**
+   * Bulk mail, judged by the providers' bulk rules: true for everything the domain sends, or
+   * the addresses that send it (MAIL FROM or From). Mail with List-Id, List-Unsubscribe or
+   * Precedence: bulk/list is bulk anyway.
+   */
+  bulk: z.union([z.boolean(), z.array(z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an address (user@domain)'))]).optional(),
 });
 
 export const configSchema = z.strictObject({
@@ -378,3 +409,5 @@ export type EgressConfig = Config['egress'][number];
 export type RouteConfig = Config['delivery']['routes'][number];
 export type ClientUser = Config['clients']['users'][number];
 export type RedisSettings = NonNullable<Config['memo']['redis']>;
+export type Profile = z.output<typeof profileSchema>;
+export type Requirements = Profile['all'];

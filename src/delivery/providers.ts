@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { ConfigError, providerSchema, type Config } from '../config/index.ts';
+import { ConfigError, profileSchema, providerSchema, type Config, type Profile } from '../config/index.ts';
 
 /** One provider of the registry, with its name (the key in providers.yaml). */
 export type ProviderConfig = z.output<typeof providerSchema> & { name: string };
@@ -16,9 +16,12 @@ const SHIPPED = new URL('./providers.yaml', import.meta.url);
  */
 export class Providers {
   readonly entries: readonly ProviderConfig[];
+  /** The profile of destinations no provider claims, and of providers that have none. */
+  readonly fallback: Profile;
 
-  private constructor(entries: ProviderConfig[]) {
+  private constructor(entries: ProviderConfig[], fallback: Profile) {
     this.entries = entries;
+    this.fallback = fallback;
   }
 
   /**
@@ -27,20 +30,33 @@ export class Providers {
    * default as in the config reference.
    */
   static load(overrides: Config['delivery']['providers'] = {}): Providers {
-    const shipped = z.record(z.string(), providerSchema).parse(parseYaml(readFileSync(SHIPPED, 'utf8')));
+    const { default: fallback, ...listed } = parseYaml(readFileSync(SHIPPED, 'utf8')) as Record<string, unknown>;
+    let profile = z.strictObject({ requires: profileSchema }).parse(fallback).requires;
+    const shipped = z.record(z.string(), providerSchema).parse(listed);
     const entries = new Map(Object.entries(shipped).map(([name, entry]) => [name, { name, ...entry }]));
     for (const [name, change] of Object.entries(overrides)) {
+      const { requires, ...limits } = change;
+      const defined = Object.fromEntries(Object.entries(limits).filter(([, value]) => value !== undefined));
+      if (name === 'default') {
+        if (Object.keys(defined).length) throw new ConfigError(`delivery.providers.default: the default profile takes only requires (it matches no MX and shapes nothing)`);
+        profile = { ...profile, ...definedProfile(requires) };
+        continue;
+      }
       const base = entries.get(name);
-      const defined = Object.fromEntries(Object.entries(change).filter(([, value]) => value !== undefined));
       if (base) {
-        entries.set(name, { ...base, ...defined });
+        entries.set(name, { ...base, ...defined, ...(requires && { requires: { ...(base.requires ?? profile), ...definedProfile(requires) } }) });
         continue;
       }
       if (!change.mx) throw new ConfigError(`delivery.providers.${name}: a provider that is not shipped (${[...entries.keys()].join(', ')}) needs mx`);
       // The config already read the durations: only the limits it left out take their defaults.
-      entries.set(name, { name, ...providerSchema.parse({ mx: change.mx }), ...defined });
+      entries.set(name, { name, ...providerSchema.parse({ mx: change.mx }), ...defined, ...(requires && { requires: { ...profile, ...definedProfile(requires) } }) });
     }
-    return new Providers([...entries.values()]);
+    return new Providers([...entries.values()], profile);
+  }
+
+  /** The profile a destination is judged by: its provider's, else the default one. */
+  profileOf(provider: ProviderConfig | undefined): { name: string; profile: Profile } {
+    return provider?.requires ? { name: provider.name, profile: provider.requires } : { name: provider?.name ?? 'default', profile: this.fallback };
   }
 
   has(name: string): boolean {
@@ -56,4 +72,9 @@ export class Providers {
     }
     return undefined;
   }
+}
+
+/** The parts of a profile an override gives: `all` and `bulk`, each replacing as a whole. */
+function definedProfile(requires: Partial<Profile> | undefined): Partial<Profile> {
+  return Object.fromEntries(Object.entries(requires ?? {}).filter(([, value]) => value !== undefined));
 }

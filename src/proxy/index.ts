@@ -1,3 +1,4 @@
 export type { ClientInfo, MailParams, RelayContext } from './context.ts';
-export { Transaction, senderDomainAllowed } from './transaction.ts';
+export { Transaction } from './transaction.ts';
+export { senderDomainAllowed } from './hygiene.ts';
 export { createMemo, type DeliveryMemo } from './memo.ts';

@@ -1,3 +1,4 @@
+import type { ProfileVerdict } from '../auth/index.ts';
 import type { Destination, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { clip, failure, formatReply, outcomeOf, type Outcome, type Reply } from '../smtp/index.ts';
@@ -33,6 +34,8 @@ export class Leg {
   data?: string;
   /** The playbook on the destination's refusal of the session, MAIL FROM or DATA. */
   explanation?: Explanation;
+  /** What the destination's provider profile concluded of the message (auth/profile.ts). */
+  profile?: ProfileVerdict;
   /** The session failed mid-command or said 421: it must not carry another transaction. */
   #broken = false;
 

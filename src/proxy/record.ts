@@ -1,4 +1,4 @@
-import type { Signature, SpfVerdict } from '../auth/index.ts';
+import type { ProfileVerdict, Signature, SpfVerdict } from '../auth/index.ts';
 import type { Classification, Connected, Destination, Playbook, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { formatReply, saidOf, type Outcome } from '../smtp/index.ts';
@@ -43,6 +43,7 @@ export interface LegFacts {
   data?: string;
   refused?: Outcome;
   explanation?: Explanation;
+  profile?: ProfileVerdict;
 }
 
 export interface TransactionFacts {
@@ -64,7 +65,7 @@ export interface TransactionFacts {
 
 /** The one `transaction` record (README, "Logs"): everything an admin needs to act on it. */
 export function transactionRecord(facts: TransactionFacts): Record<string, unknown> {
-  const upstream = facts.legs.map(({ destination, connected, lease, data, refused, explanation }) => ({
+  const upstream = facts.legs.map(({ destination, connected, lease, data, refused, explanation, profile }) => ({
     destination: destination.key,
     mxHost: connected?.mxHost,
     mxIp: connected?.mxIp,
@@ -79,6 +80,8 @@ export function transactionRecord(facts: TransactionFacts): Record<string, unkno
     reused: lease?.reused,
     auth: connected?.authUser,
     skipped: connected?.skipped.length ? connected.skipped : undefined,
+    // Which provider profile judged the message here, and what it concluded (auth/profile.ts).
+    profile: profile && { ...profile, outcome: undefined, reply: profile.outcome && formatReply(profile.outcome.reply) },
     data,
     refused: refused ? formatReply(refused.reply) : undefined,
     ...explanation,

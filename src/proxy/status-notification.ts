@@ -45,8 +45,9 @@ export async function composeStatusNotification(input: NotificationInput, report
   const human = [
     `This is the mail relay at ${reportingMta}.`,
     '',
-    'Your message could not be delivered to the recipients below: their mail servers refused it',
-    'permanently. It was delivered to the other recipients. Relay transaction id: ' + input.id,
+    'Your message could not be delivered to the recipients below: it was refused permanently,',
+    'by their mail servers or by this relay for them. It was delivered to the other recipients.',
+    'Relay transaction id: ' + input.id,
     '',
     ...input.refusals.map((r) => `<${r.address}>: ${r.remoteMta} said: ${printable(formatReply(r.reply))}`),
     '',

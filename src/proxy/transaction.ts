@@ -2,13 +2,18 @@ import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import {
   checkSender,
+  isBulk,
   judge,
+  judgeDestination,
   policyFor,
   predict,
   predictFromParts,
   RelaxedBodyHash,
   signHeaders,
+  unsubscribeOf,
+  type Policy,
   type Prediction,
+  type ProfileVerdict,
   type Signature,
   type SigningKey,
   type SpfVerdict,
@@ -20,13 +25,13 @@ import { failure, formatReply, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
 import { HeaderSection, HeaderSplitter } from '../message/index.ts';
-import { authorDomain, derivedMessageId, receivedHeader, rfc5322Date } from './headers.ts';
-import addressparser from 'nodemailer/lib/addressparser';
+import { authorDomain, receivedHeader } from './headers.ts';
+import { applyHygiene, checkFrom } from './hygiene.ts';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
 import { explain, transactionRecord, type MessageFacts, type RecipientRecord } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
-import { toReport, verdict, type Notification } from './verdict.ts';
+import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
 
 /** The message once DATA is complete: where it is kept, its header section, its signatures. */
 interface SpooledMessage {
@@ -36,6 +41,10 @@ interface SpooledMessage {
   signatures: Buffer;
   /** Where the rest of the message (after the original header section) starts in the spool. */
   offset: number;
+  /** Bulk mail, judged by the providers' bulk rules. */
+  bulk: boolean;
+  /** What each destination's profile is judged on, once the preflight has predicted the verdict. */
+  judging?: { prediction: Prediction; mode: Policy['mode']; keys: number };
 }
 
 /** Messages up to this size get mailauth's full authenticate() as the preflight. */
@@ -43,13 +52,6 @@ const FULL_PREFLIGHT_LIMIT = 2 * 1024 * 1024;
 
 export function newTransactionId(): string {
   return randomBytes(9).toString('base64url');
-}
-
-/** A client limited to sender domains may use those domains and their subdomains only. */
-export function senderDomainAllowed(allowed: string[] | undefined, domain: string): boolean {
-  if (!allowed) return true;
-  const lower = domain.toLowerCase();
-  return allowed.some((d) => lower === d || lower.endsWith(`.${d}`));
 }
 
 /** RFC 5321 §2.4: local parts are case-sensitive, domains are not. */
@@ -172,17 +174,19 @@ export class Transaction {
       // Parsed once: the checks, hygiene, the record and the signer all read these fields.
       const original = HeaderSection.parse(splitter.header);
       messageId = original.value('message-id');
-      const refused = this.#checkHeader(original);
-      if (refused) {
-        outcome = this.#own(refused);
+      const checked = checkFrom(original, this.#client);
+      if ('refused' in checked) {
+        outcome = this.#own(checked.refused);
         return outcome;
       }
-      const header = this.#hygiene(original, spool.sha256);
+      const { header, added } = applyHygiene(original, { removeReceived: config.hygiene.removeReceived, sha256: spool.sha256, sender: this.#sender, helo: this.#egress.helo });
+      this.#added = added;
       // The record names the Message-ID that left, the one the relay added included.
       messageId = header.value('message-id');
       const signed = this.#sign(header, bodyHash.digest());
       dkim = signed.record;
-      const message: SpooledMessage = { spool, header, offset: original.bytes.length, signatures: signed.header };
+      const bulk = isBulk(header, config, { author: checked.from, sender: this.#sender });
+      const message: SpooledMessage = { spool, header, offset: original.bytes.length, signatures: signed.header, bulk };
       const stopped = await this.#preflight(message, signed.keys);
       if (stopped) {
         outcome = this.#own(stopped);
@@ -201,42 +205,6 @@ export class Transaction {
       void this.close();
       this.#log(outcome, { size: spool.size, messageId, dkim, sha256: spool.sha256, spooledToDisk: spool.onDisk, dataMs: Date.now() - dataStarted });
     }
-  }
-
-  /**
-   * Gmail's formatting rules (RFC 5322 §3.6): exactly one From, naming one mailbox. And a
-   * client limited to sender domains may not put another one in From.
-   */
-  #checkHeader(header: HeaderSection): Outcome | undefined {
-    const fields = header.all('from').map((field) => field.value);
-    if (fields.length !== 1) {
-      return failure('permanent', 550, '5.6.0', `the message has ${fields.length} From header fields; RFC 5322 and Gmail require exactly one`);
-    }
-    const mailboxes = addressparser(fields[0], { flatten: true }).filter((a) => a.address);
-    if (mailboxes.length !== 1 || !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(mailboxes[0].address)) {
-      return failure('permanent', 550, '5.6.0', `From "${fields[0].slice(0, 100)}" must name exactly one valid address`);
-    }
-    const author = authorDomain(header)!;
-    if (!senderDomainAllowed(this.#client.senderDomains, author)) {
-      return failure('permanent', 550, '5.7.1', `${this.#client.user ? `user ${this.#client.user}` : this.#client.address} may not send as ${mailboxes[0].address} (From)`);
-    }
-    return undefined;
-  }
-
-  /**
-   * Date and Message-ID when missing (RFC 5322 §3.6.1, §3.6.4); internal Received removed when
-   * configured. The Message-ID is derived from the message as the client sent it and its
-   * envelope sender, so a client's retry of the same bytes carries the same Message-ID as the
-   * first attempt (RFC 5322 §3.6.4: one message, one identifier), also at destinations that
-   * got the first attempt in a copy the memo does not know of.
-   */
-  #hygiene(original: HeaderSection, sha256: string): HeaderSection {
-    const kept = this.#ctx.config.hygiene.removeReceived ? original.without('received') : original;
-    const added: [name: string, value: string][] = [];
-    if (original.value('date') === undefined) added.push(['Date', rfc5322Date()]);
-    if (original.value('message-id') === undefined) added.push(['Message-ID', `<${derivedMessageId(sha256, this.#sender)}@${this.#egress.helo}>`]);
-    this.#added = added.map(([name]) => name);
-    return kept.appended(added);
   }
 
   /** DKIM-Signature fields for the message's author domain, and what the record says of them. */
@@ -286,6 +254,7 @@ export class Transaction {
       return policy.mode === 'enforce' ? failure('temporary', 451, '4.4.3', 'the authentication preflight could not complete; try again later') : undefined;
     }
     const { reasons, refusal } = judge(policy, prediction, { ip: this.#egress.ip, keys: keys.length });
+    message.judging = { prediction, mode: policy.mode, keys: keys.length };
     this.#preflightRecord = {
       policy,
       spfAtMailFrom: this.#spf,
@@ -312,7 +281,12 @@ export class Transaction {
           if (state) this.#record(address).result = state === 'delivered' ? 'already-delivered' : 'already-bounced';
         });
         if (pending.length === 0) return [];
-        const results = await leg.send(pending, () => this.#outgoing(received, message, true));
+        leg.profile = this.#judgeDestination(leg, message);
+        // Under enforce, a destination whose provider would refuse the message does not get it.
+        const refusal = message.judging?.mode === 'enforce' ? leg.profile?.outcome : undefined;
+        const results: RecipientResult[] = refusal
+          ? pending.map((address) => ({ address, outcome: this.#own(refusal), remoteMta: this.#egress.helo }))
+          : await leg.send(pending, () => this.#outgoing(received, message, true));
         for (const r of results) Object.assign(this.#record(r.address), r.data === undefined ? {} : { data: r.data }, explain(r.outcome, this.#ctx.playbook));
         return results;
       }),
@@ -337,6 +311,32 @@ export class Transaction {
     for (const { address, fate } of fates) this.#record(address).result = fate;
     await memo.record(remember.map(({ address, state }) => ({ key: { message: spool.sha256, sender: this.#sender, recipient: address }, state })));
     return outcome;
+  }
+
+  /**
+   * The prediction judged against the profile of the destination's provider (its MX hosts;
+   * `default` for anyone else, and behind a route), its bulk rules for bulk mail.
+   */
+  #judgeDestination(leg: Leg, message: SpooledMessage): ProfileVerdict | undefined {
+    if (!message.judging) return undefined;
+    const { providers } = this.#ctx.playbook;
+    const { name, profile } = providers.profileOf(providers.of(leg.destination.hops.map((hop) => hop.name)));
+    const { prediction, mode, keys } = message.judging;
+    return judgeDestination({
+      requires: profile,
+      profile: name,
+      bulk: message.bulk,
+      mode,
+      sending: {
+        prediction,
+        author: authorDomain(message.header)!,
+        egressIp: this.#egress.ip,
+        egress: this.#egress,
+        keys,
+        unsubscribe: unsubscribeOf(message.header),
+        tls: Boolean(leg.connected?.session.tls),
+      },
+    });
   }
 
   /**

@@ -1,0 +1,47 @@
+import addressparser from 'nodemailer/lib/addressparser';
+import type { HeaderSection } from '../message/index.ts';
+import { failure, type Outcome } from '../smtp/index.ts';
+import type { ClientInfo } from './context.ts';
+import { authorDomain, derivedMessageId, rfc5322Date } from './headers.ts';
+
+/** A client limited to sender domains may use those domains and their subdomains only. */
+export function senderDomainAllowed(allowed: string[] | undefined, domain: string): boolean {
+  if (!allowed) return true;
+  const lower = domain.toLowerCase();
+  return allowed.some((d) => lower === d || lower.endsWith(`.${d}`));
+}
+
+/**
+ * Gmail's formatting rules (RFC 5322 §3.6): exactly one From, naming one mailbox; and a client
+ * limited to sender domains may not put another one in From. The From address, or the refusal.
+ */
+export function checkFrom(header: HeaderSection, client: ClientInfo): { from: string } | { refused: Outcome } {
+  const fields = header.all('from').map((field) => field.value);
+  if (fields.length !== 1) {
+    return { refused: failure('permanent', 550, '5.6.0', `the message has ${fields.length} From header fields; RFC 5322 and Gmail require exactly one`) };
+  }
+  const mailboxes = addressparser(fields[0], { flatten: true }).filter((a) => a.address);
+  if (mailboxes.length !== 1 || !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(mailboxes[0].address)) {
+    return { refused: failure('permanent', 550, '5.6.0', `From "${fields[0].slice(0, 100)}" must name exactly one valid address`) };
+  }
+  if (!senderDomainAllowed(client.senderDomains, authorDomain(header)!)) {
+    return { refused: failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : client.address} may not send as ${mailboxes[0].address} (From)`) };
+  }
+  return { from: mailboxes[0].address };
+}
+
+/**
+ * Date and Message-ID when missing (RFC 5322 §3.6.1, §3.6.4); internal Received removed when
+ * configured. The Message-ID is derived from the message as the client sent it and its
+ * envelope sender, so a client's retry of the same bytes carries the same Message-ID as the
+ * first attempt (RFC 5322 §3.6.4: one message, one identifier), also at destinations that
+ * got the first attempt in a copy the memo does not know of. `added`: the names of the
+ * fields added, for the record.
+ */
+export function applyHygiene(original: HeaderSection, options: { removeReceived: boolean; sha256: string; sender: string; helo: string }): { header: HeaderSection; added: string[] } {
+  const kept = options.removeReceived ? original.without('received') : original;
+  const added: [name: string, value: string][] = [];
+  if (original.value('date') === undefined) added.push(['Date', rfc5322Date()]);
+  if (original.value('message-id') === undefined) added.push(['Message-ID', `<${derivedMessageId(options.sha256, options.sender)}@${options.helo}>`]);
+  return { header: kept.appended(added), added: added.map(([name]) => name) };
+}
