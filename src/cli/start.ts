@@ -1,0 +1,48 @@
+import { DkimKeyError } from '../auth/index.ts';
+import { ConfigError, loadConfig } from '../config/index.ts';
+import { PlaybookError } from '../delivery/index.ts';
+import { IdentityError } from '../identity/index.ts';
+import { createLogger } from '../observability/index.ts';
+import { startRelay } from '../relay.ts';
+import { configArg, fail, readConfig } from './common.ts';
+
+/** `start`: runs the relay until SIGTERM/SIGINT; SIGHUP reloads the configuration. */
+export async function start(args: string[]): Promise<void> {
+  const file = configArg(args);
+  const config = readConfig(file);
+  const logger = createLogger(config.log.level);
+  let relay;
+  try {
+    relay = await startRelay(config, logger);
+  } catch (err) {
+    logger.fatal({ err }, 'relay did not start');
+    logger.flush();
+    if (err instanceof DkimKeyError || err instanceof ConfigError || err instanceof PlaybookError) fail(`config error: ${err.message}`, 2);
+    if (err instanceof IdentityError) fail(err.message, 1);
+    fail((err as Error).message, 1);
+  }
+  logger.info({ ports: relay.ports, config: file }, 'relay started');
+  // SIGHUP: key rotation and config changes without a restart; a broken file changes nothing.
+  process.on('SIGHUP', () => {
+    try {
+      const restartNeeded = relay.reload(loadConfig(file));
+      if (restartNeeded.length) logger.warn({ restartNeeded }, 'configuration reloaded; these sections apply only after a restart');
+      else logger.info({ config: file }, 'configuration reloaded');
+    } catch (err) {
+      logger.error({ error: (err as Error).message }, 'reload refused: the running configuration stays in use');
+    }
+  });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping: no new connections, finishing transactions in flight');
+    void relay.close().then(() => {
+      logger.info('stopped');
+      logger.flush();
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
