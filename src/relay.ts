@@ -2,7 +2,7 @@ import type { ConnectionOptions } from 'node:tls';
 import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
 import { MtaSts, Playbook, Providers, Shaper, SharedPolicyCache, UpstreamPool } from './delivery/index.ts';
-import { createResolver, type CacheCount } from './dns/index.ts';
+import { createResolver, type CacheCount, type FlushCount } from './dns/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound } from './inbound/index.ts';
 import type { Logger } from './observability/index.ts';
@@ -15,6 +15,8 @@ export interface Relay {
   egress: EgressPool;
   /** DNS cache hits and misses per level and record type, for the metrics endpoint. */
   dnsCounts(): CacheCount[];
+  /** Drops every cached DNS answer (`hygiene-relay dns flush`, and each reload). */
+  flushDns(): Promise<FlushCount>;
   /**
    * Applies a new configuration to transactions that start from now on: DKIM keys, domains,
    * clients, routes, delivery settings, the provider registry and the playbook (its overlay
@@ -26,7 +28,7 @@ export interface Relay {
 }
 
 // Read once at start (sockets, resolver, Redis connection, logger): a reload cannot change them.
-const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log'] as const;
+const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log', 'control'] as const;
 const RESTART_ONLY_DELIVERY = ['redis'] as const;
 const RESTART_ONLY_LIMITS = ['maxMessageSize', 'maxClients', 'clientTimeout'] as const;
 
@@ -76,7 +78,7 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
   const upstreams = new UpstreamPool({ shaper, resolve, tls: options.upstreamTls });
   // Kept across reloads: cached policies stay valid whatever the configuration says.
   const mtaSts = new MtaSts({ resolve, ca: options.upstreamTls?.ca, port: options.mtaStsPort, cache: shared && new SharedPolicyCache(shared) });
-  let ctx: RelayContext = { config, resolve, memo, keys, logger, playbook, upstreamTls: options.upstreamTls, upstreams, shaper, mtaSts };
+  let ctx: RelayContext = { config, resolve, freshResolve: resolver.fresh, memo, keys, logger, playbook, upstreamTls: options.upstreamTls, upstreams, shaper, mtaSts };
   const inbound = new Inbound(ctx, egress);
   const stop = async () => {
     egress.stop();
@@ -99,12 +101,15 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
     ports: inbound.listening.map((l) => l.port),
     egress,
     dnsCounts: () => resolver.counts(),
+    flushDns: () => resolver.flush(),
     reload(next) {
       const nextKeys = loadKeys(next, logger);
       const nextPlaybook = loadPlaybook(next);
       const pending = restartOnly(config, next);
       ctx = { ...ctx, config: next, keys: nextKeys, playbook: nextPlaybook };
       inbound.update(ctx);
+      // An admin reloads after fixing a record: no answer cached before it may outlive the reload.
+      void resolver.flush();
       return pending;
     },
     async close() {

@@ -1,5 +1,6 @@
 import { fail } from './common.ts';
 import { dkim } from './dkim.ts';
+import { dns } from './dns.ts';
 import { passwd } from './passwd.ts';
 import { start } from './start.ts';
 
@@ -12,6 +13,8 @@ commands:
                           write a new DKIM key (mode 0600), print its TXT record and YAML
   dkim check [--config FILE]
                           compare every configured key with the TXT record published for it
+  dns flush [--config FILE]
+                          make the running relay drop its cached DNS answers (control.socket)
   demo                    the whole relay path on a simulated internet, on loopback
 `;
 
@@ -24,6 +27,8 @@ export async function main(argv: string[]): Promise<void> {
       return passwd();
     case 'dkim':
       return dkim(rest);
+    case 'dns':
+      return dns(rest);
     case 'demo': {
       const { runDemo } = await import('../../demo/demo.ts');
       process.exitCode = await runDemo();

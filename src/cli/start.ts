@@ -1,10 +1,12 @@
 import { DkimKeyError } from '../auth/index.ts';
 import { ConfigError, loadConfig } from '../config/index.ts';
+import { ControlServer } from '../control/index.ts';
 import { PlaybookError } from '../delivery/index.ts';
 import { IdentityError } from '../identity/index.ts';
 import { createLogger } from '../observability/index.ts';
 import { startRelay } from '../relay.ts';
 import { configArg, fail, readConfig } from './common.ts';
+import { flushAnswer } from './dns.ts';
 
 /** `start`: runs the relay until SIGTERM/SIGINT; SIGHUP reloads the configuration. */
 export async function start(args: string[]): Promise<void> {
@@ -21,6 +23,8 @@ export async function start(args: string[]): Promise<void> {
     if (err instanceof IdentityError) fail(err.message, 1);
     fail((err as Error).message, 1);
   }
+  // Listening before "relay started": from that record on, `dns flush` reaches this relay.
+  const control = config.control.socket ? await ControlServer.listen(config.control.socket, { 'dns flush': async () => flushAnswer(await relay.flushDns()) }, logger) : undefined;
   logger.info({ ports: relay.ports, config: file }, 'relay started');
   // SIGHUP: key rotation and config changes without a restart; a broken file changes nothing.
   process.on('SIGHUP', () => {
@@ -37,7 +41,7 @@ export async function start(args: string[]): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'stopping: no new connections, finishing transactions in flight');
-    void relay.close().then(() => {
+    void Promise.all([control?.close(), relay.close()]).then(() => {
       logger.info('stopped');
       logger.flush();
       process.exit(0);

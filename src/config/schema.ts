@@ -376,6 +376,10 @@ export const configSchema = z.strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
     })
     .prefault({}),
+  /** What `hygiene-relay dns flush` talks to: a Unix socket (mode 0600) in the running relay; null: none. */
+  control: z
+    .strictObject({ socket: z.string().min(1).nullable().default('/run/hygiene-relay/control.sock') })
+    .prefault({}),
 });
 
 /** Checks that need more than one key at a time. */

@@ -1,3 +1,4 @@
+import { Cluster } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import { z } from 'zod';
 import type { Logger } from '../observability/index.ts';
@@ -16,6 +17,14 @@ export interface CacheSettings {
 }
 
 export type CacheLevel = 'memory' | 'redis';
+
+/** What a flush dropped: entries per level; `redis` is absent without a shared level, or when Redis did not answer. */
+export interface FlushCount {
+  memory: number;
+  redis?: number;
+  /** Why the shared level was not flushed, when it was configured but unreachable. */
+  redisError?: string;
+}
 
 /** One counter: the labels a metrics exporter needs, and the count. */
 export interface CacheCount {
@@ -50,6 +59,9 @@ const ENTRIES = new Map(Object.entries(RECORDS).map(([type, records]) => [type, 
  * format, so a replica never reads another format's entries.
  */
 const KEY_PREFIX = 'hygiene-relay:dns:v1:';
+
+/** Keys a flush asks SCAN for at a time: small enough that no single command holds Redis up. */
+const FLUSH_BATCH = 500;
 
 class SharedLevel {
   #store: SharedStore;
@@ -92,6 +104,29 @@ class SharedLevel {
     return 'r' in parsed.data ? { records: parsed.data.r, expires: parsed.data.x } : { code: parsed.data.e, expires: parsed.data.x };
   }
 
+  /**
+   * Drops every entry under our prefix on every master (a Cluster spreads keys over its
+   * masters; replicas follow them). SCAN, never KEYS, so Redis serves other clients between
+   * batches of at most FLUSH_BATCH keys; UNLINK frees the values in the background.
+   */
+  async flush(): Promise<number> {
+    const client = this.#store.client;
+    const nodes = client instanceof Cluster ? client.nodes('master') : [client];
+    let dropped = 0;
+    for (const node of nodes) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', `${KEY_PREFIX}*`, 'COUNT', FLUSH_BATCH);
+        cursor = next;
+        if (keys.length === 0) continue;
+        // A Cluster node refuses a multi-key command over several slots (CROSSSLOT): one key each there.
+        const counts = client instanceof Cluster ? await Promise.all(keys.map((key) => node.unlink(key))) : [await node.unlink(...keys)];
+        dropped += counts.reduce((a, b) => a + b, 0);
+      } while (cursor !== '0');
+    }
+    return dropped;
+  }
+
   set(key: string, entry: Entry, ttl: number): void {
     const value = 'records' in entry ? { x: entry.expires, r: entry.records } : { x: entry.expires, e: entry.code };
     this.#store.client.set(KEY_PREFIX + key, JSON.stringify(value), 'PX', ttl).catch((err: unknown) => this.#store.failed(err));
@@ -117,10 +152,14 @@ export class DnsCache {
     this.#shared = options.shared && new SharedLevel(options.shared, options.logger);
   }
 
-  async resolve(name: string, type: CachedType): Promise<RecordValue[]> {
+  /**
+   * `fresh`: asked of DNS now, whatever either level holds, and kept as any answer is, so the
+   * answer the admin just published serves every later lookup too.
+   */
+  async resolve(name: string, type: CachedType, fresh = false): Promise<RecordValue[]> {
     let entry: Entry;
     try {
-      entry = await this.#entry(name, type);
+      entry = await this.#entry(name, type, fresh);
     } catch (err) {
       // A fresh error per caller, named as that caller asked, even when the query was shared.
       if (!(err instanceof DnsLookupError)) throw err;
@@ -144,26 +183,40 @@ export class DnsCache {
     else this.#counts.set(key, { level, rrtype, result, count: 1 });
   }
 
-  #entry(name: string, type: CachedType): Promise<Entry> {
+  /** Empties the in-process level, then the shared one; never throws (Redis is an accelerator). */
+  async flush(): Promise<FlushCount> {
+    const memory = this.#memory.size;
+    this.#memory.clear();
+    if (!this.#shared) return { memory };
+    try {
+      return { memory, redis: await this.#shared.flush() };
+    } catch (err) {
+      return { memory, redisError: err instanceof Error ? err.message : String(err) };
+    }
+  }
+
+  #entry(name: string, type: CachedType, fresh: boolean): Promise<Entry> {
     // DNS names compare case-insensitively, and "a.example." is "a.example".
     const key = `${type}:${name.toLowerCase().replace(/\.$/, '')}`;
-    const cached = this.#memory.get(key);
+    const cached = fresh ? undefined : this.#memory.get(key);
     if (cached && cached.expires > Date.now()) {
       this.#count('memory', type, 'hit');
       return Promise.resolve(cached);
     }
-    this.#count('memory', type, 'miss');
-    // Concurrent misses for one question share one query.
-    let pending = this.#inflight.get(key);
+    if (!fresh) this.#count('memory', type, 'miss');
+    // Concurrent misses for one question share one query; a fresh lookup shares only another
+    // fresh one, never a miss that may be answered from Redis.
+    const slot = fresh ? `fresh|${key}` : key;
+    let pending = this.#inflight.get(slot);
     if (!pending) {
-      pending = this.#fill(key, name, type).finally(() => this.#inflight.delete(key));
-      this.#inflight.set(key, pending);
+      pending = this.#fill(key, name, type, fresh).finally(() => this.#inflight.delete(slot));
+      this.#inflight.set(slot, pending);
     }
     return pending;
   }
 
-  async #fill(key: string, name: string, type: CachedType): Promise<Entry> {
-    if (this.#shared) {
+  async #fill(key: string, name: string, type: CachedType, fresh: boolean): Promise<Entry> {
+    if (this.#shared && !fresh) {
       const shared = await this.#shared.get(key, type);
       if (shared && shared.expires > Date.now()) {
         this.#count('redis', type, 'hit');

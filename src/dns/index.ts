@@ -3,10 +3,10 @@ import net from 'node:net';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { connectShared, type SharedStore } from '../redis/index.ts';
-import { DnsCache, type CacheCount } from './cache.ts';
+import { DnsCache, type CacheCount, type FlushCount } from './cache.ts';
 import { CACHED_TYPES, lookup, type CachedType, type WireOptions } from './wire.ts';
 
-export type { CacheCount } from './cache.ts';
+export type { CacheCount, FlushCount } from './cache.ts';
 
 /**
  * The relay's one resolver, in the `dns.promises.resolve(name, rrtype)` shape mailauth takes as
@@ -23,6 +23,14 @@ export interface Resolve {
 
 export interface Resolver {
   resolve: Resolve;
+  /**
+   * Asks DNS now, reading neither cache level, and keeps the answer in both as `resolve`
+   * does: what a permanent refusal rests on, so a record just fixed is seen at once and then
+   * serves every lookup.
+   */
+  fresh: Resolve;
+  /** Drops every cached answer (in-process, and under our prefix in Redis) and logs what it dropped. */
+  flush(): Promise<FlushCount>;
   /** Settles when the shared level has connected, or failed to: lookups before it skip Redis. */
   ready(): Promise<void>;
   /** Hits and misses per cache level and record type. */
@@ -56,7 +64,14 @@ export function createResolver(config: Config['dns'], logger: Logger): Resolver 
   const cache = new DnsCache(config.cache, wireOptions(config), { shared, logger: log });
   const other = otherTypes(config);
   const resolve = ((name: string, rrtype: string) => (isCached(rrtype) ? cache.resolve(name, rrtype) : other(name, rrtype))) as Resolve;
-  return { resolve, ready: async () => shared?.ready, counts: () => cache.counts(), close: () => shared?.close() };
+  const fresh = ((name: string, rrtype: string) => (isCached(rrtype) ? cache.resolve(name, rrtype, true) : other(name, rrtype))) as Resolve;
+  const flush = async () => {
+    const dropped = await cache.flush();
+    if (dropped.redisError) log.warn(dropped, 'DNS cache flushed in-process; Redis did not answer, its entries expire by their TTL');
+    else log.info(dropped, 'DNS cache flushed');
+    return dropped;
+  };
+  return { resolve, fresh, flush, ready: async () => shared?.ready, counts: () => cache.counts(), close: () => shared?.close() };
 }
 
 /** Straight to DNS, nothing kept: for one-off checks that must see what is published now. */

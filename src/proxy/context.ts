@@ -10,6 +10,8 @@ import type { DeliveryMemo } from './memo.ts';
 export interface RelayContext {
   config: Config;
   resolve: Resolve;
+  /** Asks DNS past both cache levels (and keeps the answer): what a 5xx policy refusal must rest on. */
+  freshResolve: Resolve;
   memo: DeliveryMemo;
   /** DKIM keys; a transaction keeps the ones it started with across a reload. */
   keys: KeyRing;

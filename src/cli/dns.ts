@@ -1,0 +1,26 @@
+import { controlRequest } from '../control/index.ts';
+import type { FlushCount } from '../dns/index.ts';
+import { configArg, fail, readConfig } from './common.ts';
+
+/** The control socket's answer to `dns flush`: what was dropped, per cache level. */
+export function flushAnswer(dropped: FlushCount): string {
+  const shared = dropped.redisError ? `; Redis did not answer (${dropped.redisError}), its entries expire by their TTL` : dropped.redis === undefined ? '' : `, ${dropped.redis} in Redis`;
+  return `DNS cache flushed: ${dropped.memory} in-process answers${shared}`;
+}
+
+/** `dns flush`: the running relay (found through control.socket in its config) drops every cached DNS answer. */
+export async function dns(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  if (sub !== 'flush') fail(`unknown dns command "${sub ?? ''}": use flush`, 2);
+  const socket = readConfig(configArg(rest)).control.socket;
+  if (!socket) fail('control.socket is null in the configuration: nothing to reach the relay through (SIGHUP also flushes, with a reload)', 2);
+  let answer: string;
+  try {
+    answer = await controlRequest(socket, 'dns flush');
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException;
+    fail(`cannot reach the relay at ${socket}: ${code ?? message} (is it running, with this configuration?)`, 1);
+  }
+  if (!answer.startsWith('ok ')) fail(`the relay answered: ${answer}`, 1);
+  process.stdout.write(`${answer.slice(3)}\n`);
+}
