@@ -1,16 +1,14 @@
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { LineCounter, parse as parseYaml, YAMLParseError } from 'yaml';
 import type { z } from 'zod';
+import { ConfigError } from './error.ts';
 import { relayConfigSchema, type Config } from './schema.ts';
 
+export { ConfigError } from './error.ts';
+export { exposedKeyWarning, readKeyFile, readTlsFiles, type TlsFiles } from './key-files.ts';
 export { profileSchema, providerSchema } from './schema.ts';
 
 export type { Config, ListenerConfig, EgressConfig, RouteConfig, ClientUser, RedisSettings, Profile, Requirements } from './schema.ts';
-
-/** A configuration that cannot be used; `message` is one line naming the key path and the problem. */
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
 
 function keyPath(path: ReadonlyArray<PropertyKey>): string {
   let out = '';
@@ -43,11 +41,17 @@ export function loadConfig(file: string): Config {
     throw new ConfigError(`${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   let document: unknown;
+  // `file:line:column:` is what editors and grep users jump to.
+  const lines = new LineCounter();
   try {
-    document = parseYaml(text, { prettyErrors: false });
+    document = parseYaml(text, { prettyErrors: false, lineCounter: lines });
   } catch (err) {
-    const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : '';
-    throw new ConfigError(`${file}: not valid YAML${where}: ${(err as Error).message.split('\n')[0]}`);
+    let where = '';
+    if (err instanceof YAMLParseError) {
+      const { line, col } = lines.linePos(err.pos[0]);
+      where = `:${line}:${col}`;
+    }
+    throw new ConfigError(`${file}${where}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
   }
   return parseConfig(document, file);
 }

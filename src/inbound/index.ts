@@ -1,8 +1,7 @@
-import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { domainToASCII } from 'node:url';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
-import type { Config, ListenerConfig } from '../config/index.ts';
+import { readTlsFiles, type Config, type ListenerConfig } from '../config/index.ts';
 import type { EgressPool } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { Transaction, senderDomainAllowed, type RelayContext } from '../proxy/index.ts';
@@ -81,9 +80,10 @@ export class Inbound {
 
   async listen(): Promise<void> {
     const { config } = this.#ctx;
-    const tls = config.tls ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) } : undefined;
+    const tls = config.tls ? readTlsFiles(config.tls) : undefined;
+    for (const warning of tls?.warnings ?? []) this.#logger.warn({ warning }, 'TLS warning');
     for (const listener of config.listeners) {
-      const server = this.#createServer(listener, config, tls);
+      const server = this.#createServer(listener, config, tls?.credentials);
       adoptListener(server);
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);

@@ -1,6 +1,5 @@
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import type { Config } from '../../config/index.ts';
+import { exposedKeyWarning, readKeyFile, type Config } from '../../config/index.ts';
 
 export type DkimAlgorithm = 'rsa-sha256' | 'ed25519-sha256';
 
@@ -36,15 +35,24 @@ export function publicKeyRecord(privateKey: KeyObject): string {
   return (privateKey.asymmetricKeyType === 'ed25519' ? spki.subarray(spki.length - 32) : spki).toString('base64');
 }
 
-function loadKey(domain: string, entry: NonNullable<Config['domains'][string]['dkim']>[number]): SigningKey {
+/** Loads one key; what works but should be fixed (a key file others can read) goes to `warnings`. */
+function loadKey(domain: string, entry: NonNullable<Config['domains'][string]['dkim']>[number], warnings: string[]): SigningKey {
   const inline = entry.key.includes('-----BEGIN');
   const source = inline ? 'inline' : entry.key;
   const where = `domains.${domain}.dkim selector ${entry.selector} (${source})`;
-  let pem: string;
-  try {
-    pem = inline ? entry.key : readFileSync(entry.key, 'utf8');
-  } catch (err) {
-    throw new DkimKeyError(`${where}: cannot read key file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  let pem: string | Buffer;
+  if (inline) {
+    pem = entry.key;
+  } else {
+    let file;
+    try {
+      file = readKeyFile(entry.key);
+    } catch (err) {
+      throw new DkimKeyError(`${where}: cannot read key file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    pem = file.data;
+    const exposed = exposedKeyWarning(entry.key, file.mode);
+    if (exposed) warnings.push(`${domain} selector ${entry.selector}: ${exposed}`);
   }
   let privateKey: KeyObject;
   try {
@@ -90,7 +98,7 @@ export class KeyRing {
     const keys: SigningKey[] = [];
     const warnings: string[] = [];
     for (const [domain, settings] of Object.entries(domains)) {
-      const loaded = settings.dkim.map((entry) => loadKey(domain, entry));
+      const loaded = settings.dkim.map((entry) => loadKey(domain, entry, warnings));
       for (const key of loaded) {
         if (key.bits && key.bits < RECOMMENDED_RSA_BITS) {
           warnings.push(`${domain} selector ${key.selector}: RSA key of ${key.bits} bits; 2048 is recommended (Gmail, Microsoft)`);
