@@ -1,4 +1,4 @@
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { ConfigError, loadConfig, type Config } from '../config/index.ts';
 
 /** One line on stderr and the exit code: what an admin reads when a command cannot go on. */
@@ -7,11 +7,90 @@ export function fail(message: string, code: number): never {
   process.exit(code);
 }
 
+/** A command as `--help` shows it and as its one-line errors name it. */
+export interface Command {
+  /** As typed after `hygiene-relay`: `start`, `dkim keygen`. */
+  name: string;
+  /** What `--help` prints on standard output. */
+  usage: string;
+}
+
+/** A command used wrongly: one line pointing to its --help, exit 2 (the usage itself would bury the line). */
+export function usageError(command: Command, message: string): never {
+  fail(`${message}; see hygiene-relay ${command.name ? `${command.name} ` : ''}--help`, 2);
+}
+
+const HELP = { help: { type: 'boolean', short: 'h' } } as const;
+
+type Parsed<O extends ParseArgsOptionsConfig, P extends boolean> = ReturnType<typeof parseArgs<{ args: string[]; options: O & typeof HELP; strict: true; allowPositionals: P }>>;
+
+/**
+ * node:util parseArgs in strict mode for every command, with `-h`/`--help` added: the usage
+ * on stdout and exit 0. A mistyped or incomplete option is one line and exit 2, never the
+ * stack trace parseArgs throws. `positionals`: the command takes arguments that are not
+ * options (a file name).
+ */
+export function parseOptions<const O extends ParseArgsOptionsConfig, const P extends boolean = false>(args: string[], command: Command, options: O, positionals?: P): Parsed<O, P> {
+  const all = { ...options, ...HELP };
+  let parsed: Parsed<O, P>;
+  try {
+    parsed = parseArgs({ args, options: all, strict: true, allowPositionals: positionals ?? false }) as Parsed<O, P>;
+  } catch (err) {
+    if (!String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS_')) throw err;
+    const problem = misuse(args, all, positionals ?? false) ?? (err as Error).message.split('\n')[0];
+    usageError(command, command.name ? `${problem} for ${command.name}` : problem);
+  }
+  if ((parsed.values as { help?: boolean }).help) {
+    process.stdout.write(command.usage);
+    process.exit(0);
+  }
+  return parsed;
+}
+
+/** The first argument strict parsing refused, in the admin's words; parseArgs' own messages explain its API. */
+function misuse(args: string[], options: ParseArgsOptionsConfig, positionals: boolean): string | undefined {
+  const { tokens } = parseArgs({ args, options, strict: false, allowPositionals: true, tokens: true });
+  for (const token of tokens) {
+    if (token.kind === 'positional' && !positionals) return `unexpected argument "${token.value}"`;
+    if (token.kind !== 'option') continue;
+    const option = options[token.name];
+    if (!option) return `unknown option ${token.rawName}`;
+    // Without a value, or the next option taken for it (`--config --help`).
+    if (option.type === 'string' && (token.value === undefined || (!token.inlineValue && token.value.startsWith('-')))) return `missing value of option ${token.rawName}`;
+    if (option.type === 'boolean' && token.value !== undefined) return `option ${token.rawName} takes no value`;
+  }
+  return undefined;
+}
+
+/**
+ * For commands made of subcommands (`dkim keygen`): the subcommand and its arguments.
+ * `--help` (or nothing) prints the command's usage; anything else is one line, exit 2.
+ */
+export function subcommand<const S extends string>(args: string[], command: Command, subcommands: readonly S[]): [S, string[]] {
+  const [sub, ...rest] = args;
+  if (sub === '-h' || sub === '--help') {
+    process.stdout.write(command.usage);
+    process.exit(0);
+  }
+  if (sub === undefined) usageError(command, `${command.name} needs a command: ${subcommands.join(' or ')}`);
+  if (sub.startsWith('-')) usageError(command, `unknown option ${sub} for ${command.name}`);
+  if (!subcommands.includes(sub as S)) usageError(command, `unknown ${command.name} command "${sub}": use ${subcommands.join(' or ')}`);
+  return [sub as S, rest];
+}
+
 export const DEFAULT_CONFIG = '/etc/hygiene-relay/relay.yaml';
 
-export function configArg(args: string[]): string {
-  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c', default: DEFAULT_CONFIG } } });
-  return values.config;
+/** `-c, --config FILE`, the option of every command that reads the relay's configuration. */
+export const CONFIG_OPTION = { config: { type: 'string', short: 'c', default: DEFAULT_CONFIG } } as const;
+export const CONFIG_HELP = `  -c, --config FILE   the relay's configuration (default: ${DEFAULT_CONFIG})`;
+export const HELP_HELP = '  -h, --help          this text';
+
+// For a command that does not describe itself yet: its errors point to the list of commands.
+const CONFIG_ONLY: Command = { name: '', usage: `usage: hygiene-relay <command> [--config FILE]\n\noptions:\n${CONFIG_HELP}\n${HELP_HELP}\n` };
+
+/** The `--config` of a command that takes no other option. */
+export function configArg(args: string[], command = CONFIG_ONLY): string {
+  return parseOptions(args, command, CONFIG_OPTION).values.config;
 }
 
 /** The validated config, or one line naming the key path and exit 2. */

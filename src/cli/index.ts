@@ -1,4 +1,7 @@
-import { fail } from './common.ts';
+import { readFileSync } from 'node:fs';
+import { usageError, type Command } from './common.ts';
+import { config } from './config.ts';
+import { demo } from './demo.ts';
 import { dkim } from './dkim.ts';
 import { dns } from './dns.ts';
 import { passwd } from './passwd.ts';
@@ -8,7 +11,9 @@ const USAGE = `usage: hygiene-relay <command> [options]
 
 commands:
   start [--config FILE]   run the relay (default config: /etc/hygiene-relay/relay.yaml)
-  passwd                  read a password on standard input, print its hash for clients.users
+  config check [--config FILE]
+                          check a configuration (keys, TLS files, egress) before start or SIGHUP
+  passwd                  read a password (twice on a terminal), print its hash for clients.users
   dkim keygen --domain D --selector S [--type rsa|ed25519] [--bits N] [--out DIR]
                           write a new DKIM key (mode 0600), print its TXT record and YAML
   dkim check [--config FILE]
@@ -16,30 +21,42 @@ commands:
   dns flush [--config FILE]
                           make the running relay drop its cached DNS answers (control.socket)
   demo                    the whole relay path on a simulated internet, on loopback
+
+hygiene-relay <command> --help describes each; hygiene-relay --version prints the version.
 `;
+
+const TOP: Command = { name: '', usage: USAGE };
+
+function version(): string {
+  const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return version;
+}
 
 export async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'start':
       return start(rest);
+    case 'config':
+      return config(rest);
     case 'passwd':
-      return passwd();
+      return passwd(rest);
     case 'dkim':
       return dkim(rest);
     case 'dns':
       return dns(rest);
-    case 'demo': {
-      const { runDemo } = await import('../../demo/demo.ts');
-      process.exitCode = await runDemo();
-      return;
-    }
+    case 'demo':
+      return demo(rest);
     case undefined:
     case '-h':
     case '--help':
       process.stdout.write(USAGE);
       return;
+    case '-V':
+    case '--version':
+      process.stdout.write(`hygiene-relay ${version()}\n`);
+      return;
     default:
-      fail(`unknown command "${command}"\n${USAGE}`, 2);
+      usageError(TOP, command.startsWith('-') ? `unknown option ${command}` : `unknown command "${command}"`);
   }
 }

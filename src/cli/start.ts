@@ -5,12 +5,25 @@ import { PlaybookError } from '../delivery/index.ts';
 import { IdentityError } from '../identity/index.ts';
 import { createLogger } from '../observability/index.ts';
 import { startRelay } from '../relay.ts';
-import { configArg, fail, readConfig } from './common.ts';
+import { CONFIG_HELP, configArg, fail, HELP_HELP, readConfig, type Command } from './common.ts';
 import { flushAnswer } from './dns.ts';
+
+const START: Command = {
+  name: 'start',
+  usage: `usage: hygiene-relay start [--config FILE]
+
+Runs the relay until SIGTERM or SIGINT; SIGHUP reloads the configuration
+(check it first: hygiene-relay config check).
+
+options:
+${CONFIG_HELP}
+${HELP_HELP}
+`,
+};
 
 /** `start`: runs the relay until SIGTERM/SIGINT; SIGHUP reloads the configuration. */
 export async function start(args: string[]): Promise<void> {
-  const file = configArg(args);
+  const file = configArg(args, START);
   const config = readConfig(file);
   const logger = createLogger(config.log.level);
   let relay;
@@ -19,7 +32,9 @@ export async function start(args: string[]): Promise<void> {
   } catch (err) {
     logger.fatal({ err }, 'relay did not start');
     logger.flush();
-    if (err instanceof DkimKeyError || err instanceof ConfigError || err instanceof PlaybookError) fail(`config error: ${err.message}`, 2);
+    // Their messages name a key path of the config (tls.key, domains.…): the file goes first, as loadConfig's do.
+    if (err instanceof DkimKeyError || err instanceof ConfigError) fail(`config error: ${file}: ${err.message}`, 2);
+    if (err instanceof PlaybookError) fail(`config error: ${err.message}`, 2);
     if (err instanceof IdentityError) fail(err.message, 1);
     fail((err as Error).message, 1);
   }
