@@ -47,9 +47,11 @@ async function listen(smtp: SMTPServer): Promise<number> {
 describe('smtp-server fixes of the relay listeners', () => {
   const adopted = server();
   const plain = server();
+  /** What the adopted server said it wrote. */
+  const heard: string[] = [];
   const ports: number[] = [];
   before(async () => {
-    adoptListener(adopted);
+    adoptListener(adopted, (_connection, reply) => heard.push(reply));
     ports.push(await listen(adopted), await listen(plain));
   });
   after(async () => {
@@ -72,6 +74,7 @@ describe('smtp-server fixes of the relay listeners', () => {
       await client.quit();
     }
     assert.deepEqual(texts, ['550 5.7.26 unauthenticated', '550 5.1.1 5.7.26 unauthenticated']);
+    assert.ok(heard.includes('550 5.7.26 unauthenticated'), 'the adopted server reports the reply as written');
   });
 
   it('answer DATA and QUIT after a pipelined QUIT and a half-close on an adopted server; a plain one writes nothing', async () => {

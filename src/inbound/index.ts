@@ -4,7 +4,8 @@ import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import { readTlsFiles, type Config, type ListenerConfig } from '../config/index.ts';
 import type { EgressPool } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { Transaction, senderDomainAllowed, type RelayContext } from '../proxy/index.ts';
+import type { SpfVerdict } from '../auth/index.ts';
+import { RefusalLog, Transaction, senderDomainAllowed, type RelayContext } from '../proxy/index.ts';
 import { failure, toSmtpError, type Outcome } from '../smtp/index.ts';
 import { ClientAuthorization } from './authorization.ts';
 import { adoptListener } from './smtp-server-fixes.ts';
@@ -59,6 +60,10 @@ export class Inbound {
   #clients: ClientAuthorization;
   #transactions = new Map<string, Transaction>();
   #authFailures = new Map<string, number>();
+  /** Sessions whose command handler is answering right now, and the reply it wrote. */
+  #claimed = new Set<string>();
+  #written = new Map<string, string>();
+  #refusals: RefusalLog;
   #servers: Listening[] = [];
 
   constructor(ctx: RelayContext, egress: EgressPool) {
@@ -66,6 +71,7 @@ export class Inbound {
     this.#egress = egress;
     this.#logger = ctx.logger.child({ component: 'inbound' });
     this.#clients = new ClientAuthorization(ctx.config.clients);
+    this.#refusals = new RefusalLog(ctx.logger.child({ component: 'inbound' }));
   }
 
   /** New transactions use the new context (config, keys, clients); those in flight keep theirs. */
@@ -84,7 +90,7 @@ export class Inbound {
     for (const warning of tls?.warnings ?? []) this.#logger.warn({ warning }, 'TLS warning');
     for (const listener of config.listeners) {
       const server = this.#createServer(listener, config, tls?.credentials);
-      adoptListener(server);
+      adoptListener(server, (connection, reply) => this.#heard(connection, reply));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(listener.port, listener.host, () => {
@@ -103,6 +109,7 @@ export class Inbound {
   async close(): Promise<void> {
     await Promise.all(this.#servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
     this.#servers = [];
+    this.#refusals.close();
   }
 
   #createServer(listener: ListenerConfig, config: Config, tls: { key: Buffer; cert: Buffer } | undefined): SMTPServer {
@@ -132,26 +139,39 @@ export class Inbound {
       hideREQUIRETLS: false,
       logger: false,
       onAuth: (auth, session, callback) => {
-        this.#clients.authenticate(auth.username ?? '', auth.password ?? '').then(
-          (user) => {
-            if (user) return callback(null, { user: user.name });
+        const user = auth.username ?? '';
+        this.#clients.authenticate(user, auth.password ?? '').then(
+          (found) => {
+            if (found) return callback(null, { user: found.name });
             const failures = (this.#authFailures.get(session.id) ?? 0) + 1;
             this.#authFailures.set(session.id, failures);
-            this.#logger.warn({ client: session.remoteAddress, user: auth.username, failures }, 'authentication failed');
             // Each attempt costs an scrypt run: a client guessing passwords gets a few, then the door.
-            if (failures >= MAX_AUTH_FAILURES) {
-              return callback(Object.assign(new Error('4.7.0 Too many authentication failures, closing connection'), { responseCode: 421 }));
-            }
-            callback(Object.assign(new Error('5.7.8 Authentication credentials invalid'), { responseCode: 535 }));
+            const error =
+              failures >= MAX_AUTH_FAILURES
+                ? Object.assign(new Error('4.7.0 Too many authentication failures, closing connection'), { responseCode: 421 })
+                : Object.assign(new Error('5.7.8 Authentication credentials invalid'), { responseCode: 535 });
+            const reply = this.#answer(session.id, () => callback(error));
+            // The user name, never the password.
+            this.#refusals.refused({ client: session.remoteAddress, stage: 'AUTH', user, reply, reason: `authentication failed (${failures} of ${MAX_AUTH_FAILURES} attempts)` });
           },
           (err: Error) => callback(Object.assign(new Error(`4.7.0 Temporary authentication failure (${err.message})`), { responseCode: 454 })),
         );
       },
       onMailFrom: (address, session, callback) => {
-        void this.#mailFrom(address.address, address.args, session).then((outcome) => reject(outcome, callback), localError(this.#logger, callback));
+        void this.#mailFrom(address.address, address.args, session).then(({ outcome, spf }) => {
+          const reply = this.#answer(session.id, () => reject(outcome, callback));
+          if (outcome.kind === 'accepted') return;
+          const user = session.user ? String(session.user) : undefined;
+          this.#refusals.refused({ client: session.remoteAddress, stage: 'MAIL FROM', helo: session.hostNameAppearsAs || undefined, user, sender: address.address, reply, reason: outcome.cause, spf });
+        }, localError(this.#logger, callback));
       },
       onRcptTo: (address, session, callback) => {
-        void this.#rcptTo(address.address, session).then((outcome) => reject(outcome, callback), localError(this.#logger, callback));
+        void this.#rcptTo(address.address, session).then(({ outcome, transaction }) => {
+          const reply = this.#answer(session.id, () => reject(outcome, callback));
+          // A recipient the transaction took up is in its record; one refused before, here.
+          if (transaction) transaction.answered(reply);
+          else if (outcome.kind !== 'accepted') this.#refusals.refused({ client: session.remoteAddress, stage: 'RCPT TO', sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : undefined, reply, reason: outcome.cause });
+        }, localError(this.#logger, callback));
       },
       onData: (stream, session, callback) => {
         const transaction = this.#transactions.get(session.id);
@@ -159,44 +179,81 @@ export class Inbound {
           stream.resume();
           return callback(toSmtpError(failure('temporary', 451, '4.3.0', 'transaction state lost').reply));
         }
-        void transaction.deliver(stream).then((outcome) => {
-          this.#transactions.delete(session.id);
-          if (outcome.kind === 'accepted') callback(null, outcome.reply.lines.join(' '));
-          else callback(toSmtpError(outcome.reply));
-        }, localError(this.#logger, callback));
+        void transaction.deliver(stream).then(
+          (outcome) => {
+            this.#transactions.delete(session.id);
+            // The reply names its own enhanced code (smtp-server-fixes.ts keeps it): the client gets exactly the outcome.
+            const reply = this.#answer(session.id, () => (outcome.kind === 'accepted' ? callback(null, `${outcome.reply.enhanced} ${outcome.reply.lines.join(' ')}`) : callback(toSmtpError(outcome.reply))));
+            transaction.finish(reply);
+          },
+          (err: Error) => {
+            this.#transactions.delete(session.id);
+            const reply = this.#answer(session.id, () => localError(this.#logger, callback)(err));
+            transaction.finish(reply);
+          },
+        );
       },
       onClose: (session) => {
         this.#authFailures.delete(session.id);
         const transaction = this.#transactions.get(session.id);
         this.#transactions.delete(session.id);
-        void transaction?.abort('client disconnected before the end of DATA');
+        void transaction?.abort('the client closed the connection');
       },
     });
   }
 
-  async #mailFrom(address: string, args: unknown, session: SMTPServerSession): Promise<Outcome> {
+  /**
+   * Runs smtp-server's callback for a command and returns the reply it wrote, exactly as
+   * written (smtp-server writes it within the callback); undefined when none could be written.
+   */
+  #answer(session: string, respond: () => void): string | undefined {
+    this.#claimed.add(session);
+    try {
+      respond();
+    } finally {
+      this.#claimed.delete(session);
+    }
+    const reply = this.#written.get(session);
+    this.#written.delete(session);
+    return reply;
+  }
+
+  /** Every reply a listener writes: a command handler's is claimed; smtp-server's own refusals are records. */
+  #heard(connection: { id: string; remoteAddress: string }, reply: string): void {
+    if (this.#claimed.has(connection.id)) {
+      this.#written.set(connection.id, reply);
+      return;
+    }
+    // Too many clients, a command out of order or unknown (a PROXY header from a stranger), a timeout.
+    if (Number(reply.slice(0, 3)) >= 400) this.#refusals.refused({ client: connection.remoteAddress, stage: 'session', reply, reason: reply.replace(/^\d{3}[ -](\d\.\d+\.\d+ )?/, '') });
+  }
+
+  async #mailFrom(address: string, args: unknown, session: SMTPServerSession): Promise<{ outcome: Outcome; spf?: SpfVerdict }> {
+    const refuse = (outcome: Outcome) => ({ outcome });
     const sender = asciiDomain(address);
-    if (sender === undefined) return failure('permanent', 553, '5.1.7', `<${address}>: the domain is not a valid domain name`);
+    if (sender === undefined) return refuse(failure('permanent', 553, '5.1.7', `<${address}>: the domain is not a valid domain name`));
     const previous = this.#transactions.get(session.id);
     if (previous) {
       this.#transactions.delete(session.id);
-      await previous.abort('client started a new transaction');
+      await previous.abort('the client started a new transaction');
     }
     // smtp-server sets `user` to false (not undefined) once STARTTLS resets the session: only
     // a non-empty value means the client authenticated.
     const client = this.#clients.client(session.remoteAddress, session.user ? String(session.user) : undefined);
     if (!client) {
-      return this.#clients.hasUsers
-        ? failure('permanent', 530, '5.7.0', `authentication required: ${session.remoteAddress} is not in a trusted network`)
-        : failure('permanent', 550, '5.7.1', `relaying denied: ${session.remoteAddress} is not in a trusted network`);
+      return refuse(
+        this.#clients.hasUsers
+          ? failure('permanent', 530, '5.7.0', `authentication required: ${session.remoteAddress} is not in a trusted network`)
+          : failure('permanent', 550, '5.7.1', `relaying denied: ${session.remoteAddress} is not in a trusted network`),
+      );
     }
     // A null sender (a bounce from the internal server) has no domain to check.
     if (sender !== '' && !senderDomainAllowed(client.senderDomains, domainOf(sender))) {
-      return failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`);
+      return refuse(failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`));
     }
     const egress = this.#egress.select();
     if (!egress) {
-      return failure('temporary', 451, '4.3.5', 'no egress identity verifies (needed in strict mode, and always for an IPv6 one): check the PTR and A/AAAA records of the egress addresses');
+      return refuse(failure('temporary', 451, '4.3.5', 'no egress identity verifies (needed in strict mode, and always for an IPv6 one): check the PTR and A/AAAA records of the egress addresses'));
     }
     const params = (args || {}) as Record<string, string | boolean>;
     const transaction = new Transaction(
@@ -213,26 +270,27 @@ export class Inbound {
       },
       egress,
     );
-    const spf = await transaction.checkSender();
-    if (spf.kind !== 'accepted') {
-      await transaction.abort(spf);
-      return spf;
+    const outcome = await transaction.checkSender();
+    if (outcome.kind !== 'accepted') {
+      await transaction.discard();
+      return { outcome, spf: transaction.spf };
     }
     this.#transactions.set(session.id, transaction);
-    return spf;
+    return { outcome };
   }
 
-  async #rcptTo(address: string, session: SMTPServerSession): Promise<Outcome> {
+  /** The outcome, and the transaction when it took the recipient up (it records it then). */
+  async #rcptTo(address: string, session: SMTPServerSession): Promise<{ outcome: Outcome; transaction?: Transaction }> {
     const transaction = this.#transactions.get(session.id);
     // smtp-server already answers RCPT before MAIL; without a transaction here the relay lost it.
-    if (!transaction) return failure('temporary', 451, '4.3.0', 'transaction state lost; start again with MAIL');
+    if (!transaction) return { outcome: failure('temporary', 451, '4.3.0', 'transaction state lost; start again with MAIL') };
     const recipient = asciiDomain(address);
-    if (recipient === undefined) return failure('permanent', 553, '5.1.3', `<${address}>: the domain is not a valid domain name`);
+    if (recipient === undefined) return { outcome: failure('permanent', 553, '5.1.3', `<${address}>: the domain is not a valid domain name`) };
     // RFC 5321 §4.5.3.1.10: too many recipients → 452; the client sends the rest in another transaction.
     if (session.envelope.rcptTo.length >= this.#ctx.config.limits.maxRecipients) {
-      return failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`);
+      return { outcome: failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`) };
     }
-    if (!recipient.includes('@')) return failure('permanent', 550, '5.1.3', 'recipient must be a full address (user@domain)');
-    return transaction.addRecipient(recipient);
+    if (!recipient.includes('@')) return { outcome: failure('permanent', 550, '5.1.3', 'recipient must be a full address (user@domain)') };
+    return { outcome: await transaction.addRecipient(recipient), transaction };
   }
 }

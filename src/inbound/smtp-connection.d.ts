@@ -6,6 +6,8 @@ declare module 'smtp-server/lib/smtp-connection.js' {
   export class SMTPConnection {
     _server: SMTPServer;
     _socket: Socket;
+    id: string;
+    remoteAddress: string;
     send(code: number, data?: string | string[], context?: string | false): void;
     _createParser(): Writable;
     close(): void;

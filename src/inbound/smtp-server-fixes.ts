@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import type { SMTPServer } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 
@@ -18,30 +19,51 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
  *    closes once the client's input is over and every command in it has been answered:
  *    smtp-server's parser finishes only after the reply to its last command, and by itself
  *    would leave the socket open until the idle timeout.
+ *
+ * And a listener hears every reply exactly as it went on the wire (`onReply`), so that what
+ * the log says the client was told is what the client was told.
  */
 /** The smtp-server release whose internals (send, _createParser, readyState) this was written against. */
 export const WRITTEN_FOR = '3.21.6';
 
-const listeners = new WeakSet<SMTPServer>();
+/**
+ * Sees each reply a listener writes, as written (CRLF between the lines of a multi-line
+ * reply, none after the last), with the connection's id (the session id) and client address.
+ */
+export type ReplyObserver = (connection: { id: string; remoteAddress: string }, reply: string) => void;
+
+const listeners = new WeakMap<SMTPServer, ReplyObserver>();
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
 let installed = false;
 
-export function adoptListener(server: SMTPServer): void {
-  listeners.add(server);
+export function adoptListener(server: SMTPServer, onReply: ReplyObserver): void {
+  listeners.set(server, onReply);
   if (installed) return;
   installed = true;
   const { send, _createParser: createParser } = SMTPConnection.prototype;
   SMTPConnection.prototype.send = function (this: SMTPConnection, code: number, data?: string | string[], context?: string | false) {
-    if (!listeners.has(this._server)) return send.call(this, code, data, context);
+    const onReply = listeners.get(this._server);
+    if (!onReply) return send.call(this, code, data, context);
     const own = typeof data === 'string' && ENHANCED.test(data) ? false : context;
     const socket = this._socket;
-    if (socket.readyState !== 'writeOnly') return send.call(this, code, data, own);
-    Object.defineProperty(socket, 'readyState', { value: 'open', configurable: true });
+    const halfClosed = socket.readyState === 'writeOnly';
+    if (halfClosed) Object.defineProperty(socket, 'readyState', { value: 'open', configurable: true });
+    // send() writes the reply in one call: that call's bytes are the reply as the client gets it.
+    let written: string | undefined;
+    const write = socket.write;
+    const ownWrite = Object.hasOwn(socket, 'write');
+    socket.write = function (this: Socket, chunk: unknown, ...rest: unknown[]) {
+      written = String(chunk);
+      return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
+    } as Socket['write'];
     try {
       return send.call(this, code, data, own);
     } finally {
-      // The own property shadowed net.Socket's getter; removing it brings the getter back.
-      delete (socket as { readyState?: string }).readyState;
+      // The own properties shadowed net.Socket's; removing them brings those back.
+      if (ownWrite) socket.write = write;
+      else delete (socket as { write?: unknown }).write;
+      if (halfClosed) delete (socket as { readyState?: string }).readyState;
+      if (written !== undefined) onReply({ id: this.id, remoteAddress: this.remoteAddress }, written.replace(/\r\n$/, ''));
     }
   };
   SMTPConnection.prototype._createParser = function (this: SMTPConnection) {

@@ -1,4 +1,5 @@
 import addressparser from 'nodemailer/lib/addressparser';
+import { signHeaders, type KeyRing, type Signature, type SigningKey } from '../auth/index.ts';
 import type { HeaderSection } from '../message/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo } from './context.ts';
@@ -44,4 +45,14 @@ export function applyHygiene(original: HeaderSection, options: { removeReceived:
   if (original.value('date') === undefined) added.push(['Date', rfc5322Date()]);
   if (original.value('message-id') === undefined) added.push(['Message-ID', `<${derivedMessageId(options.sha256, options.sender)}@${options.helo}>`]);
   return { header: kept.appended(added), added: added.map(([name]) => name) };
+}
+
+/** DKIM-Signature fields for the message's author domain (its From), and what the record says of them. */
+export function sign(header: HeaderSection, bodyHash: string, keyRing: KeyRing): { header: Buffer; record: Signature[] | string; keys: SigningKey[] } {
+  const author = authorDomain(header);
+  if (!author) return { header: Buffer.alloc(0), record: 'unsigned: no From address', keys: [] };
+  const keys = keyRing.forAuthor(author);
+  if (keys.length === 0) return { header: Buffer.alloc(0), record: `unsigned: no DKIM key for ${author}`, keys };
+  const signed = signHeaders(header, bodyHash, keys);
+  return { header: signed.header, record: signed.signatures, keys };
 }

@@ -1,4 +1,4 @@
-import type { ProfileVerdict } from '../auth/index.ts';
+import { judgeDestination, type Policy, type Prediction, type ProfileVerdict, type Unsubscribe } from '../auth/index.ts';
 import type { Destination, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { clip, failure, formatReply, outcomeOf, type Outcome, type Reply } from '../smtp/index.ts';
@@ -84,21 +84,25 @@ export class Leg {
     return connected ? `${connected.mxHost} [${connected.mxIp}]` : this.destination.hops[0].name;
   }
 
-  /** RCPT TO for one recipient: the destination's answer, or why the session cannot take it. */
-  async rcpt(address: string): Promise<Outcome> {
-    if (this.refused || !this.lease) return this.refused!;
+  /**
+   * RCPT TO for one recipient: the client's outcome, and the destination's own reply when it
+   * gave one; or why the session cannot take it.
+   */
+  async rcpt(address: string): Promise<{ outcome: Outcome; said?: string }> {
+    if (this.refused || !this.lease) return { outcome: this.refused! };
     // RFC 6531 §3.4: a non-ASCII mailbox needs SMTPUTF8 all the way.
     if (/[^\x00-\x7f]/.test(address) && !this.lease.connected.session.extensions.has('SMTPUTF8')) {
-      return failure('permanent', 553, '5.6.7', `${this.who} does not support SMTPUTF8, needed for <${address}>`);
+      return { outcome: failure('permanent', 553, '5.6.7', `${this.who} does not support SMTPUTF8, needed for <${address}>`) };
     }
     try {
-      const outcome = this.#said(await this.lease.rcptTo(address), 'RCPT TO');
+      const reply = await this.lease.rcptTo(address);
+      const outcome = this.#said(reply, 'RCPT TO');
       if (outcome.kind === 'accepted') this.recipients.push(address);
-      return outcome;
+      return { outcome, said: formatReply(reply) };
     } catch (err) {
       this.#broken = true;
       this.refused = failure('temporary', 451, '4.4.2', `${this.who}: connection lost (${(err as Error).message})`);
-      return this.refused;
+      return { outcome: this.refused };
     }
   }
 
@@ -143,6 +147,23 @@ export class Leg {
       for (const address of pending) if (!results.some((r) => r.address === address)) results.push({ address, outcome, remoteMta: who });
     }
     return results;
+  }
+
+  /**
+   * The prediction judged against the profile of the destination's provider (by its MX hosts;
+   * `default` for anyone else, and behind a route), its bulk rules for bulk mail.
+   */
+  judge(message: { prediction: Prediction; mode: Policy['mode']; keys: number; bulk: boolean; author: string; unsubscribe: Unsubscribe }): void {
+    const { providers } = this.#owner.ctx.playbook;
+    const { name, profile } = providers.profileOf(providers.of(this.destination.hops.map((hop) => hop.name)));
+    const { egress } = this.#owner;
+    this.profile = judgeDestination({
+      requires: profile,
+      profile: name,
+      bulk: message.bulk,
+      mode: message.mode,
+      sending: { ...message, egressIp: egress.ip, egress, tls: Boolean(this.connected?.session.tls) },
+    });
   }
 
   /** Done with the session: back to the pool when it ended cleanly; safe to call more than once. */

@@ -1,6 +1,8 @@
 import type { ProfileVerdict, Signature, SpfVerdict } from '../auth/index.ts';
 import type { Classification, Connected, Destination, Playbook, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
+import { LRUCache } from 'lru-cache';
+import type { Logger } from '../observability/index.ts';
 import { formatReply, saidOf, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo } from './context.ts';
 
@@ -16,13 +18,25 @@ export function explain(outcome: Outcome | undefined, playbook: Playbook): Expla
   return { category, remediation, rule, provider };
 }
 
+/**
+ * What became of a recipient (README, "Logs"): delivered; bounced (refused for good and
+ * reported to the sender); refused or deferred (the client was told so, at RCPT or at the end
+ * of DATA); already-delivered / already-bounced (the memo skipped it on a retry); abandoned
+ * (the client went away or started over before the end of DATA).
+ */
+export type RecipientResult = 'delivered' | 'bounced' | 'refused' | 'deferred' | 'already-delivered' | 'already-bounced' | 'abandoned';
+
 /** One recipient in the transaction record. */
 export interface RecipientRecord extends Explanation {
   address: string;
-  destination?: string;
-  rcpt: string;
-  data?: string;
-  result: 'accepted' | 'refused' | 'deferred' | 'delivered' | 'bounced' | 'already-delivered' | 'already-bounced';
+  /** The MX host that answered for it, `host [ip]`, or the destination's name when none did. */
+  mx?: string;
+  /** The relay's reply to its RCPT TO, exactly as the client got it. */
+  client?: string;
+  /** The destination's own replies for it, exactly as the destination gave them. */
+  destination?: { rcpt?: string; data?: string };
+  /** `accepted` only while the transaction runs: a record never ends with it. */
+  result: RecipientResult | 'accepted';
 }
 
 /** What is known of the message itself once DATA began. */
@@ -57,8 +71,10 @@ export interface TransactionFacts {
   addedHeaders: string[];
   legs: LegFacts[];
   message: MessageFacts;
-  /** What the client was answered at the end. */
-  outcome: Outcome;
+  /** What the transaction concluded; `abandoned` names the stage the client left at. */
+  outcome: Outcome | { kind: 'abandoned'; stage: string; reason: string };
+  /** The final reply exactly as the client got it; absent when none could be written. */
+  reply?: string;
   playbook: Playbook;
   started: number;
 }
@@ -82,16 +98,22 @@ export function transactionRecord(facts: TransactionFacts): Record<string, unkno
     skipped: connected?.skipped.length ? connected.skipped : undefined,
     // Which provider profile judged the message here, and what it concluded (auth/profile.ts).
     profile: profile && { ...profile, outcome: undefined, reply: profile.outcome && formatReply(profile.outcome.reply) },
+    // The destination's reply to DATA as it gave it; why no recipient could go this way.
     data,
-    refused: refused ? formatReply(refused.reply) : undefined,
+    unusable: refused && refused.kind !== 'accepted' ? refused.cause : undefined,
     ...explanation,
   }));
   const { client, egress, outcome } = facts;
+  const abandoned = outcome.kind === 'abandoned' ? outcome : undefined;
+  const answered = outcome.kind === 'abandoned' ? undefined : outcome;
+  // A recipient accepted at RCPT ends with what became of the message.
+  const finalResult: RecipientResult = abandoned ? 'abandoned' : outcome.kind === 'temporary' ? 'deferred' : 'refused';
+  const recipients = facts.recipients.map((r) => (r.result === 'accepted' ? { ...r, result: finalResult } : r));
   return {
     id: facts.id,
     client: { ip: client.address, helo: client.helo, user: client.user, tls: client.secure },
     envelope: { mailFrom: facts.sender, rcptTo: facts.recipients.map((r) => r.address) },
-    recipients: facts.recipients,
+    recipients,
     egress: { ip: egress.ip, helo: egress.helo, verified: egress.verified },
     spf: facts.spf,
     preflight: facts.preflight,
@@ -99,9 +121,74 @@ export function transactionRecord(facts: TransactionFacts): Record<string, unkno
     upstream,
     ...facts.message,
     outcome: outcome.kind,
-    reply: formatReply(outcome.reply),
+    ...(abandoned ? { abandoned: { stage: abandoned.stage, reason: abandoned.reason } } : {}),
+    reply: facts.reply,
     // When the answer is a destination's own refusal: what it means and what to do.
-    ...explain(outcome, facts.playbook),
+    ...explain(answered, facts.playbook),
     ms: Date.now() - facts.started,
   };
+}
+
+/** A refusal outside a transaction record: a connection, AUTH, MAIL FROM, a command out of place. */
+export interface Refusal {
+  /** The client's address. */
+  client: string;
+  /** Where in the session: connect, AUTH, MAIL FROM, RCPT TO, or the command smtp-server refused. */
+  stage: string;
+  /** The reply exactly as the client got it; absent when none could be written. */
+  reply?: string;
+  reason: string;
+  helo?: string;
+  user?: string;
+  sender?: string;
+  spf?: SpfVerdict;
+}
+
+/** How long one address's refusals count as one flood. */
+const FLOOD_WINDOW_MS = 60_000;
+
+/**
+ * Every refusal is a record (`msg: "refused"`), as Postfix logs every `NOQUEUE: reject`, so an
+ * admin can grep for them; but an address refused again within a minute is only counted, and
+ * summarised in one `refused repeatedly` record at the end of its minute, so a flood leaves a
+ * few records, never one per attempt. Bounded: at most `maxAddresses` windows are kept.
+ */
+export class RefusalLog {
+  readonly #logger: Logger;
+  readonly #windows: LRUCache<string, { until: number; count: number; last: Refusal }>;
+  readonly #timer: NodeJS.Timeout;
+
+  constructor(logger: Logger, maxAddresses = 10_000) {
+    this.#logger = logger;
+    this.#windows = new LRUCache({ max: maxAddresses, dispose: (window, client) => this.#summarise(client, window) });
+    this.#timer = setInterval(() => this.#expire(), FLOOD_WINDOW_MS / 4).unref();
+  }
+
+  refused(refusal: Refusal): void {
+    const window = this.#windows.get(refusal.client);
+    if (window && window.until > Date.now()) {
+      window.count++;
+      window.last = refusal;
+      return;
+    }
+    this.#windows.delete(refusal.client);
+    this.#windows.set(refusal.client, { until: Date.now() + FLOOD_WINDOW_MS, count: 0, last: refusal });
+    this.#logger.info(refusal, 'refused');
+  }
+
+  /** Summarises what is still counted; the relay is stopping. */
+  close(): void {
+    clearInterval(this.#timer);
+    this.#windows.clear();
+  }
+
+  #expire(): void {
+    const now = Date.now();
+    for (const [client, window] of this.#windows.entries()) if (window.until <= now) this.#windows.delete(client);
+  }
+
+  #summarise(client: string, window: { until: number; count: number; last: Refusal }): void {
+    if (window.count === 0) return;
+    this.#logger.info({ client, count: window.count, seconds: FLOOD_WINDOW_MS / 1000, last: window.last }, 'refused repeatedly');
+  }
 }

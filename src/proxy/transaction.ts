@@ -4,16 +4,13 @@ import {
   checkSender,
   isBulk,
   judge,
-  judgeDestination,
   policyFor,
   predict,
   predictFromParts,
   RelaxedBodyHash,
-  signHeaders,
   unsubscribeOf,
   type Policy,
   type Prediction,
-  type ProfileVerdict,
   type Signature,
   type SigningKey,
   type SpfVerdict,
@@ -21,15 +18,15 @@ import {
 import { resolveDestination, type Destination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { failure, formatReply, type Outcome } from '../smtp/index.ts';
+import { failure, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
 import { HeaderSection, HeaderSplitter } from '../message/index.ts';
 import { authorDomain, receivedHeader } from './headers.ts';
-import { applyHygiene, checkFrom } from './hygiene.ts';
+import { applyHygiene, checkFrom, sign } from './hygiene.ts';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
-import { explain, transactionRecord, type MessageFacts, type RecipientRecord } from './record.ts';
+import { explain, transactionRecord, type MessageFacts, type RecipientRecord, type TransactionFacts } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
 import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
 
@@ -83,6 +80,12 @@ export class Transaction {
   readonly #started = Date.now();
   #finished = false;
   #delivering = false;
+  /** The recipient whose RCPT TO is being answered. */
+  #unanswered?: RecipientRecord;
+  #outcome?: Outcome;
+  #message?: MessageFacts;
+  /** The client left in the middle of DATA. */
+  #abandoned?: { kind: 'abandoned'; stage: string; reason: string };
   /** Set by close(): a session still being opened is closed as soon as it is. */
   #closed = false;
   #spf?: SpfVerdict;
@@ -118,10 +121,10 @@ export class Transaction {
       // RFC 5321 §3.3: a repeated recipient is accepted once; forwarding it again could deliver twice.
       return { kind: 'accepted', reply: { code: 250, enhanced: '2.1.5', lines: [`<${address}> is already a recipient of this message`] } };
     }
-    const record: RecipientRecord = { address, rcpt: '', result: 'refused' };
+    const record: RecipientRecord = { address, result: 'refused' };
     this.#recipients.push(record);
+    this.#unanswered = record;
     const outcome = await this.#forwardRecipient(address, record);
-    record.rcpt = formatReply(outcome.reply);
     Object.assign(record, explain(outcome, this.#ctx.playbook));
     record.result = outcome.kind === 'accepted' ? 'accepted' : outcome.kind === 'temporary' ? 'deferred' : 'refused';
     return outcome;
@@ -137,8 +140,16 @@ export class Transaction {
       // The client left while this session was being opened.
       if (this.#closed) void leg.finish();
     }
-    record.destination = leg.who;
-    return this.#own(await leg.rcpt(address));
+    record.mx = leg.who;
+    const { outcome, said } = await leg.rcpt(address);
+    if (said) record.destination = { rcpt: said };
+    return this.#own(outcome);
+  }
+
+  /** The reply to the last RCPT TO, as the client got it (undefined: none could be written). */
+  answered(reply: string | undefined): void {
+    if (this.#unanswered && reply !== undefined) this.#unanswered.client = reply;
+    this.#unanswered = undefined;
   }
 
   /**
@@ -183,7 +194,7 @@ export class Transaction {
       this.#added = added;
       // The record names the Message-ID that left, the one the relay added included.
       messageId = header.value('message-id');
-      const signed = this.#sign(header, bodyHash.digest());
+      const signed = sign(header, bodyHash.digest(), this.#ctx.keys);
       dkim = signed.record;
       const bulk = isBulk(header, config, { author: checked.from, sender: this.#sender });
       const message: SpooledMessage = { spool, header, offset: original.bytes.length, signatures: signed.header, bulk };
@@ -196,25 +207,33 @@ export class Transaction {
       return outcome;
     } catch (err) {
       stream.resume();
-      this.#logger.error({ err, id: this.id }, 'transaction failed while spooling');
+      // smtp-server destroys the message stream when the client leaves in the middle of it.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ECONNECTION' || code === 'ERR_STREAM_PREMATURE_CLOSE') {
+        this.#abandoned = { kind: 'abandoned', stage: 'during DATA', reason: 'the client closed the connection before the end of the message' };
+      } else {
+        this.#logger.error({ err, id: this.id }, 'transaction failed while spooling');
+      }
       outcome = this.#own(failure('temporary', 451, '4.3.0', `local error while receiving the message (${(err as Error).message})`));
       return outcome;
     } finally {
       await spool.dispose();
       // The QUITs need not delay the client's answer.
       void this.close();
-      this.#log(outcome, { size: spool.size, messageId, dkim, sha256: spool.sha256, spooledToDisk: spool.onDisk, dataMs: Date.now() - dataStarted });
+      this.#outcome = outcome;
+      this.#message = { size: spool.size, messageId, dkim, sha256: spool.sha256, spooledToDisk: spool.onDisk, dataMs: Date.now() - dataStarted };
     }
   }
 
-  /** DKIM-Signature fields for the message's author domain, and what the record says of them. */
-  #sign(header: HeaderSection, bodyHash: string): { header: Buffer; record: Signature[] | string; keys: SigningKey[] } {
-    const author = authorDomain(header);
-    if (!author) return { header: Buffer.alloc(0), record: 'unsigned: no From address', keys: [] };
-    const keys = this.#ctx.keys.forAuthor(author);
-    if (keys.length === 0) return { header: Buffer.alloc(0), record: `unsigned: no DKIM key for ${author}`, keys };
-    const signed = signHeaders(header, bodyHash, keys);
-    return { header: signed.header, record: signed.signatures, keys };
+  /** The reply to DATA went out (or could not: undefined): the record is written with it. */
+  finish(reply: string | undefined): void {
+    if (this.#abandoned) return this.#log(this.#abandoned);
+    this.#log(this.#outcome ?? failure('temporary', 451, '4.3.0', 'message not delivered'), reply);
+  }
+
+  /** SPF at MAIL FROM, once checked. */
+  get spf(): SpfVerdict | undefined {
+    return this.#spf;
   }
 
   /** SPF at MAIL FROM (auth/preflight.ts): refused here when the sender domain's policy enforces SPF. */
@@ -281,13 +300,18 @@ export class Transaction {
           if (state) this.#record(address).result = state === 'delivered' ? 'already-delivered' : 'already-bounced';
         });
         if (pending.length === 0) return [];
-        leg.profile = this.#judgeDestination(leg, message);
+        const { judging } = message;
+        if (judging) leg.judge({ ...judging, bulk: message.bulk, author: authorDomain(message.header)!, unsubscribe: unsubscribeOf(message.header) });
         // Under enforce, a destination whose provider would refuse the message does not get it.
-        const refusal = message.judging?.mode === 'enforce' ? leg.profile?.outcome : undefined;
+        const refusal = judging?.mode === 'enforce' ? leg.profile?.outcome : undefined;
         const results: RecipientResult[] = refusal
           ? pending.map((address) => ({ address, outcome: this.#own(refusal), remoteMta: this.#egress.helo }))
           : await leg.send(pending, () => this.#outgoing(received, message, true));
-        for (const r of results) Object.assign(this.#record(r.address), r.data === undefined ? {} : { data: r.data }, explain(r.outcome, this.#ctx.playbook));
+        for (const r of results) {
+          const record = this.#record(r.address);
+          if (r.data !== undefined) record.destination = { ...record.destination, data: r.data };
+          Object.assign(record, explain(r.outcome, this.#ctx.playbook));
+        }
         return results;
       }),
     );
@@ -314,32 +338,6 @@ export class Transaction {
   }
 
   /**
-   * The prediction judged against the profile of the destination's provider (its MX hosts;
-   * `default` for anyone else, and behind a route), its bulk rules for bulk mail.
-   */
-  #judgeDestination(leg: Leg, message: SpooledMessage): ProfileVerdict | undefined {
-    if (!message.judging) return undefined;
-    const { providers } = this.#ctx.playbook;
-    const { name, profile } = providers.profileOf(providers.of(leg.destination.hops.map((hop) => hop.name)));
-    const { prediction, mode, keys } = message.judging;
-    return judgeDestination({
-      requires: profile,
-      profile: name,
-      bulk: message.bulk,
-      mode,
-      sending: {
-        prediction,
-        author: authorDomain(message.header)!,
-        egressIp: this.#egress.ip,
-        egress: this.#egress,
-        keys,
-        unsubscribe: unsubscribeOf(message.header),
-        tls: Boolean(leg.connected?.session.tls),
-      },
-    });
-  }
-
-  /**
    * The message as it leaves: RFC 5321 §4.4 our Received on top, the DKIM signatures, the
    * header section after hygiene, then the rest as the client sent it.
    */
@@ -358,15 +356,24 @@ export class Transaction {
     await Promise.all([...this.#legs.values()].map((leg) => leg.finish()));
   }
 
-  /** Ends a transaction before DATA completed: the client left or started over, or the relay refused it. */
-  async abort(reason: string | Outcome): Promise<void> {
-    // Once DATA is complete the delivery finishes on its own: the memo covers a client that left.
+  /**
+   * The client left or started over before the end of DATA: the record says so, at which
+   * stage, and names no reply (none was given). Once DATA is complete the delivery finishes on
+   * its own (the memo covers a client that left) and `finish` writes the record.
+   */
+  async abort(reason: string): Promise<void> {
     if (this.#delivering) return;
     await this.close();
-    if (!this.#finished) this.#log(typeof reason === 'string' ? failure('temporary', 451, '4.3.0', reason) : reason, {});
+    this.#log({ kind: 'abandoned', stage: this.#recipients.length ? 'after RCPT TO' : 'after MAIL FROM', reason });
   }
 
-  #log(outcome: Outcome, message: MessageFacts): void {
+  /** Refused at MAIL FROM: nothing to record here (the refusal is a record of its own). */
+  async discard(): Promise<void> {
+    this.#finished = true;
+    await this.close();
+  }
+
+  #log(outcome: TransactionFacts['outcome'], reply?: string): void {
     if (this.#finished) return;
     this.#finished = true;
     const record = transactionRecord({
@@ -379,8 +386,9 @@ export class Transaction {
       preflight: this.#preflightRecord,
       addedHeaders: this.#added,
       legs: [...this.#legs.values()],
-      message,
+      message: this.#message ?? {},
       outcome,
+      reply,
       playbook: this.#ctx.playbook,
       started: this.#started,
     });

@@ -127,6 +127,11 @@ export class RawClient {
     this.#attach(secure);
   }
 
+  /** Writes bytes as they are, reading no reply (a message cut off in the middle). */
+  write(bytes: string): void {
+    this.#socket.write(Buffer.from(bytes, 'latin1'));
+  }
+
   /** Cuts the connection without QUIT, as a crashing client would. */
   destroy(): void {
     this.#socket.destroy();
