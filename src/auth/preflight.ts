@@ -1,6 +1,7 @@
 import net from 'node:net';
 import { Readable } from 'node:stream';
-import { authenticate, dmarc as evaluateDmarc, spf, type AuthenticateResult, type DNSResolver } from 'mailauth';
+import { authenticate, dmarc as evaluateDmarc, spf, type AuthenticateResult, type DNSResolver, type SPFResult } from 'mailauth';
+import { validateTerms } from 'mailauth/lib/spf/syntax.js';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import { canonicalAddress } from '../ip/index.ts';
@@ -19,6 +20,11 @@ export interface SpfVerdict {
   record?: string;
   /** Lookups of the SPF chain that failed for now; present only when some did. */
   dnsFailures?: DnsFailure[];
+  /**
+   * For permerror and temperror, what caused it in words: the include target without a
+   * record, a limit of RFC 7208 §4.6.4, the term with a syntax error, the lookup that failed.
+   */
+  cause?: string;
 }
 
 /**
@@ -110,9 +116,117 @@ export function policyFor(config: Config, domain: string): Policy {
  * MAIL FROM domain (the HELO identity for a null sender), the egress HELO.
  */
 export async function checkSpf(sender: string, ctx: PreflightContext): Promise<SpfVerdict> {
-  const dnsFailures: DnsFailure[] = [];
-  const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(recording(ctx.resolve, dnsFailures)), strict: STRICT });
-  return { result: result.status.result as SpfVerdict['result'], domain: result.domain, record: result.rr || undefined, ...(dnsFailures.length && { dnsFailures }) };
+  const seen: Seen = { failures: [], spfRecords: [], empty: [] };
+  const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(observing(ctx.resolve, seen)), strict: STRICT });
+  return spfVerdictOf(result, seen);
+}
+
+/** What the lookups of one evaluation saw: mailauth gives the verdict, not always why. */
+interface Seen {
+  failures: DnsFailure[];
+  /** Every SPF record fetched (RFC 7208 §4.5: a TXT string starting "v=spf1"), by the domain that published it. */
+  spfRecords: { domain: string; record: string }[];
+  /** Lookups answered NXDOMAIN or NODATA: what RFC 7208 §4.6.4 counts as void. */
+  empty: string[];
+}
+
+/** `recording`, and also the SPF records and the void answers the lookups got. */
+function observing(resolve: Resolve, seen: Seen): Resolve {
+  const recorded = recording(resolve, seen.failures);
+  return (async (name: string, rrtype: string) => {
+    const lookup = `${rrtype} ${name.replace(/\.$/, '')}`;
+    let answer: unknown;
+    try {
+      answer = await recorded(name, rrtype);
+    } catch (err) {
+      const { code } = err as NodeJS.ErrnoException;
+      if (code === 'ENOTFOUND' || code === 'ENODATA') seen.empty.push(lookup);
+      throw err;
+    }
+    if (rrtype === 'TXT') {
+      for (const chunks of answer as string[][]) {
+        const record = chunks.join('');
+        if (/^v=spf1(?: |$)/i.test(record)) seen.spfRecords.push({ domain: name.replace(/\.$/, '').toLowerCase(), record });
+      }
+    }
+    return answer;
+  }) as Resolve;
+}
+
+/** The lookups of the DKIM keys and DMARC records in one authenticate(); all the others are SPF's. */
+function isSpfLookup(lookup: string): boolean {
+  const name = lookup.slice(lookup.indexOf(' ') + 1).toLowerCase();
+  return !name.includes('._domainkey.') && !name.startsWith('_dmarc.');
+}
+
+function spfVerdictOf(result: SPFResult, seen: Seen): SpfVerdict {
+  const verdict: SpfVerdict = { result: result.status.result as SpfVerdict['result'], domain: result.domain, record: result.rr || undefined };
+  if (seen.failures.length) verdict.dnsFailures = seen.failures;
+  if (verdict.result === 'permerror' || verdict.result === 'temperror') verdict.cause = spfCause(verdict, result, seen);
+  return verdict;
+}
+
+/** A quoted SPF term whose target is `target`, as `include:x` / `redirect=x` in a record seen, when one names it literally. */
+function termNaming(target: string, seen: Seen): { domain: string; term: string } | undefined {
+  for (const { domain, record } of seen.spfRecords) {
+    const term = record.split(' ').find((t) => new RegExp(`^[+?~-]?(include:|redirect=)${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.?$`, 'i').test(t));
+    if (term) return { domain, term };
+  }
+  return undefined;
+}
+
+/** mailauth's validator, which throws (rather than answers) on some malformed terms: no verdict then. */
+function termError(terms: string[]): string | false {
+  try {
+    return validateTerms(terms);
+  } catch {
+    return false;
+  }
+}
+
+/** The first syntax error of the SPF records seen (RFC 7208 §4.6), with the term it is in. */
+function syntaxError(seen: Seen): { domain: string; term?: string; detail: string } | undefined {
+  for (const { domain, record } of seen.spfRecords) {
+    // mailauth refuses a record with characters outside printable ASCII before any syntax check
+    // (its validator is not written for them): that cause is its own text.
+    if (/[^\x20-\x7E]/.test(record)) continue;
+    const terms = record.split(' ').filter(Boolean).slice(1);
+    const detail = termError(terms);
+    if (!detail) continue;
+    // A term wrong by itself; else the error is between terms (a second redirect= or exp=).
+    return { domain, term: terms.find((term) => termError([term])), detail };
+  }
+  return undefined;
+}
+
+/**
+ * Why the evaluation ended in permerror or temperror. mailauth says which rule it ended on
+ * (its status comment); what it leaves out (which record, which term, which lookups) comes
+ * from what the lookups saw.
+ */
+function spfCause(verdict: SpfVerdict, result: SPFResult, seen: Seen): string {
+  const said = /during lookup of \S*: (.*)$/s.exec(result.status.comment ?? '')?.[1] ?? result.status.comment ?? verdict.result;
+  const lookups = (result as SPFResult & { lookups?: { limit: number; count: number; void: number } }).lookups;
+  if (verdict.result === 'temperror') return seen.failures.length ? describeDnsFailures(seen.failures) : said;
+  const missing = /^no SPF records found for (\S+)$/.exec(said);
+  if (missing) {
+    const target = missing[1];
+    const named = termNaming(target, seen);
+    const where = named ? `"${named.term}" in the SPF record of ${named.domain}` : `an include: or redirect= of the SPF record of ${verdict.domain}`;
+    return `${where} names ${target}, which publishes no SPF record (a permerror, RFC 7208 §5.2, §6.1)`;
+  }
+  if (said === 'Too many DNS requests') {
+    const limit = lookups?.limit ?? 10;
+    return `the SPF record of ${verdict.domain} needs more than ${limit} DNS lookups (include, a, mx, ptr, exists and redirect each count; the limit of RFC 7208 §4.6.4), the evaluation stopped at lookup ${lookups?.count ?? limit + 1}`;
+  }
+  if (said === 'Too many void DNS results') {
+    return `more than 2 lookups of the SPF record of ${verdict.domain} found no such name or no record (the void-lookup limit of RFC 7208 §4.6.4): ${seen.empty.join(', ')}`;
+  }
+  const multiple = /^multiple SPF records found for (\S+)$/.exec(said);
+  if (multiple) return `${multiple[1]} publishes more than one SPF record (RFC 7208 §4.5): keep exactly one`;
+  const syntax = syntaxError(seen);
+  if (syntax) return `the SPF record of ${syntax.domain} has a syntax error${syntax.term ? ` in "${syntax.term}"` : ''}: ${syntax.detail} (RFC 7208 §4.6)`;
+  return `the SPF record of ${verdict.domain} is broken: ${said}`;
 }
 
 /** RFC 2045 §5.1 token: what strict mode requires of an authserv-id (RFC 8601 §2.2). */
@@ -129,13 +243,14 @@ function authservId(helo: string): string {
 
 /** The receiver's verdict on the signed message: mailauth's authenticate(), as Gmail's would run. */
 export async function predict(message: AsyncIterable<Buffer>, sender: string, ctx: PreflightContext): Promise<Prediction> {
-  const dnsFailures: DnsFailure[] = [];
+  const seen: Seen = { failures: [], spfRecords: [], empty: [] };
+  const dnsFailures = seen.failures;
   const result: AuthenticateResult = await authenticate(Readable.from(message), {
     ip: ctx.ip,
     helo: ctx.helo,
     sender,
     mta: authservId(ctx.helo),
-    resolver: resolver(recording(ctx.resolve, dnsFailures)),
+    resolver: resolver(observing(ctx.resolve, seen)),
     // mailauth has one switch for every check: DKIM and DMARC are judged by their RFCs too.
     strict: STRICT,
     disableArc: true,
@@ -145,7 +260,10 @@ export async function predict(message: AsyncIterable<Buffer>, sender: string, ct
   const alignedDkim = dmarc?.alignment?.dkim?.result;
   const spfResult = result.spf || undefined;
   return {
-    spf: { result: (spfResult?.status.result ?? 'none') as SpfVerdict['result'], domain: spfResult?.domain ?? '', record: spfResult?.rr || undefined },
+    // The SPF part of what the lookups saw: DKIM keys were fetched before it, DMARC records after.
+    spf: spfResult
+      ? spfVerdictOf(spfResult, { failures: dnsFailures.filter((f) => isSpfLookup(f.lookup)), spfRecords: seen.spfRecords, empty: seen.empty.filter(isSpfLookup) })
+      : { result: 'none', domain: '' },
     dkim: result.dkim.results
       .filter((r) => r.signingDomain)
       .map((r) => ({ result: r.status.result, domain: r.signingDomain, selector: r.selector, aligned: Boolean(alignedDkim) && r.status.result === 'pass' && r.signingDomain === alignedDkim })),
@@ -231,9 +349,9 @@ export function spfAdvice(verdict: SpfVerdict, ip: string): string {
     case 'none':
       return `${verdict.domain} publishes no SPF record: publish "v=spf1 ${mechanism(ip)} -all" (or add ${mechanism(ip)} to the one you intended)`;
     case 'permerror':
-      return `the SPF record of ${verdict.domain} is broken${verdict.record ? ` ("${verdict.record}")` : ''}: fix its syntax or its number of lookups (at most 10)`;
+      return `SPF of ${verdict.domain} is a permanent error${verdict.record ? ` (its record: "${verdict.record}")` : ''}: ${verdict.cause ?? 'its record is broken'}`;
     case 'temperror':
-      return `the SPF record of ${verdict.domain} could not be looked up`;
+      return `SPF of ${verdict.domain} could not be checked: ${verdict.cause ?? (verdict.dnsFailures ? describeDnsFailures(verdict.dnsFailures) : 'a DNS lookup failed')}`;
     default:
       return `the SPF record of ${verdict.domain}${verdict.record ? ` ("${verdict.record}")` : ''} does not authorize ${ip} (${verdict.result}): add ${mechanism(ip)} to it`;
   }
@@ -255,6 +373,10 @@ export function dkimAdvice(author: string, keys: number): string {
     : `the DKIM signature of ${author} does not verify: run "hygiene-relay dkim check" and publish the record it names`;
 }
 
+// A refusal names every cause; wrapped (src/smtp wrapReplyText) that is three or four reply
+// lines. Longer is clipped for the client only: the record keeps every reason whole.
+const REPLY_TEXT = 1500;
+
 /**
  * The refusal for failed checks. A DNS failure decides nothing, only a retry can tell:
  * 451 4.4.3 (RFC 7208 §8.6 for SPF, the same for DKIM and DMARC lookups). Otherwise the RFC
@@ -266,10 +388,10 @@ function refusalOf(failed: Check[], temporary: boolean, reasons: string[], domai
   if (failed.length === 0) return undefined;
   if (temporary) {
     const why = dnsFailures.length ? describeDnsFailures(dnsFailures) : 'DNS';
-    return failure('temporary', 451, '4.4.3', clip(`${failed.join(', ')} could not be checked for ${domain} (${why}): try again later`, 450));
+    return failure('temporary', 451, '4.4.3', clip(`${failed.join(', ')} could not be checked for ${domain} (${why}): try again later`, REPLY_TEXT));
   }
   const enhanced = failed.length > 1 || failed[0] === 'dmarc' ? '5.7.26' : failed[0] === 'spf' ? '5.7.23' : '5.7.20';
-  return failure('permanent', 550, enhanced, clip(reasons.join('; '), 450));
+  return failure('permanent', 550, enhanced, clip(reasons.join('; '), REPLY_TEXT));
 }
 
 /**
@@ -326,8 +448,8 @@ export async function checkSender(sender: string, config: Config, ctx: Preflight
   if (policy.mode !== 'enforce' || !policy.require.includes('spf') || spf.result === 'pass') return { spf, outcome: ACCEPTED };
   if (spf.result === 'temperror' || spf.dnsFailures) {
     const why = spf.dnsFailures ? describeDnsFailures(spf.dnsFailures) : 'DNS';
-    return { spf, outcome: failure('temporary', 451, '4.4.3', clip(`SPF of ${spf.domain} could not be checked (${why}); try again later`, 450)) };
+    return { spf, outcome: failure('temporary', 451, '4.4.3', clip(`SPF of ${spf.domain} could not be checked (${why}); try again later`, REPLY_TEXT)) };
   }
-  return { spf, outcome: failure('permanent', 550, '5.7.23', `SPF would fail at the receiver: ${spfAdvice(spf, ctx.ip)}`) };
+  return { spf, outcome: failure('permanent', 550, '5.7.23', clip(`SPF would fail at the receiver: ${spfAdvice(spf, ctx.ip)}`, REPLY_TEXT)) };
 }
 

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { SMTPServer } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { wrapReplyText } from '../smtp/index.ts';
 
 /**
  * Two behaviours of smtp-server (written against WRITTEN_FOR) that the relay's listeners change,
@@ -45,6 +46,8 @@ export function adoptListener(server: SMTPServer, onReply: ReplyObserver): void 
     const onReply = listeners.get(this._server);
     if (!onReply) return send.call(this, code, data, context);
     const own = typeof data === 'string' && ENHANCED.test(data) ? false : context;
+    // RFC 5321 §4.5.3.1.5: a reply longer than a line goes out as a multi-line reply.
+    if (typeof data === 'string') data = wrapReplyText(data);
     const socket = this._socket;
     const halfClosed = socket.readyState === 'writeOnly';
     if (halfClosed) Object.defineProperty(socket, 'readyState', { value: 'open', configurable: true });

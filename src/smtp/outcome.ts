@@ -45,6 +45,42 @@ export function toSmtpError(reply: Reply): SmtpReplyError {
   return Object.assign(new Error(text), { responseCode: reply.code });
 }
 
+// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its code and CRLF. Text is
+// wrapped near 400, leaving room for "550-5.7.26 " and for octets beyond ASCII.
+const LINE_TEXT = 400;
+const ENHANCED_TEXT = /^([245]\.\d{1,3}\.\d{1,3}) (.*)$/s;
+
+/**
+ * Reply text (`5.7.26 …`, the enhanced code first) too long for one line, as the lines of a
+ * multi-line reply (RFC 5321 §4.2.1), broken at spaces, each led by the enhanced code as
+ * RFC 2034 §4 asks of every line; text that fits comes back as it is.
+ */
+export function wrapReplyText(text: string): string | string[] {
+  if (Buffer.byteLength(text) <= LINE_TEXT) return text;
+  const [, enhanced, rest] = ENHANCED_TEXT.exec(text) ?? [undefined, undefined, text];
+  const lines: string[] = [];
+  let line = '';
+  for (const word of rest.split(' ')) {
+    // A word longer than a line (a long record) is cut where the line is full.
+    for (let piece = word; piece; ) {
+      const room = LINE_TEXT - Buffer.byteLength(line) - (line ? 1 : 0);
+      if (Buffer.byteLength(piece) <= room) {
+        line = line ? `${line} ${piece}` : piece;
+        piece = '';
+      } else if (line) {
+        lines.push(line);
+        line = '';
+      } else {
+        const cut = Buffer.from(piece).subarray(0, LINE_TEXT).toString().replace(/\uFFFD$/, '');
+        lines.push(cut);
+        piece = piece.slice(cut.length);
+      }
+    }
+  }
+  if (line) lines.push(line);
+  return enhanced ? lines.map((l) => `${enhanced} ${l}`) : lines;
+}
+
 /** Keeps a reply line well inside RFC 5321 §4.5.3.1.5's 512 octets. */
 export function clip(text: string, max = 300): string {
   return text.length > max ? `${text.slice(0, max - 3)}...` : text;
