@@ -1,6 +1,29 @@
 import { controlRequest } from '../control/index.ts';
 import type { FlushCount } from '../dns/index.ts';
-import { configArg, fail, readConfig } from './common.ts';
+import { CONFIG_HELP, configArg, fail, HELP_HELP, readConfig, subcommand, type Command } from './common.ts';
+
+const FLUSH: Command = {
+  name: 'dns flush',
+  usage: `usage: hygiene-relay dns flush [--config FILE]
+
+Makes the running relay drop every cached DNS answer (in-process, and in Redis when
+dns.cache.redis is set) without a reload, through its control socket (control.socket in
+the configuration). SIGHUP flushes too, with a reload. Exit 0: flushed; 1: no relay answered.
+
+options:
+${CONFIG_HELP}
+${HELP_HELP}
+`,
+};
+
+const DNS: Command = {
+  name: 'dns',
+  usage: `usage: hygiene-relay dns <command> [options]
+
+commands:
+  flush     make the running relay drop its cached DNS answers
+`,
+};
 
 /** The control socket's answer to `dns flush`: what was dropped, per cache level. */
 export function flushAnswer(dropped: FlushCount): string {
@@ -10,9 +33,8 @@ export function flushAnswer(dropped: FlushCount): string {
 
 /** `dns flush`: the running relay (found through control.socket in its config) drops every cached DNS answer. */
 export async function dns(args: string[]): Promise<void> {
-  const [sub, ...rest] = args;
-  if (sub !== 'flush') fail(`unknown dns command "${sub ?? ''}": use flush`, 2);
-  const socket = readConfig(configArg(rest)).control.socket;
+  const [, rest] = subcommand(args, DNS, ['flush']);
+  const socket = readConfig(configArg(rest, FLUSH)).control.socket;
   if (!socket) fail('control.socket is null in the configuration: nothing to reach the relay through (SIGHUP also flushes, with a reload)', 2);
   let answer: string;
   try {
