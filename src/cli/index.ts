@@ -4,6 +4,7 @@ import { config } from './config.ts';
 import { demo } from './demo.ts';
 import { dkim } from './dkim.ts';
 import { dns } from './dns.ts';
+import { logs } from './logs.ts';
 import { passwd } from './passwd.ts';
 import { start } from './start.ts';
 
@@ -20,6 +21,8 @@ commands:
                           compare every configured key with the TXT record published for it
   dns flush [--config FILE]
                           make the running relay drop its cached DNS answers (control.socket)
+  logs [FILE|-] [--follow] [--since 1h] [--grep TEXT] [--id RELAYID]
+                          the JSON records (a file or stdin) as one line per transaction
   demo                    the whole relay path on a simulated internet, on loopback
 
 hygiene-relay <command> --help describes each; hygiene-relay --version prints the version.
@@ -45,6 +48,8 @@ export async function main(argv: string[]): Promise<void> {
       return dkim(rest);
     case 'dns':
       return dns(rest);
+    case 'logs':
+      return logs(rest);
     case 'demo':
       return demo(rest);
     case undefined:

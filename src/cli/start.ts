@@ -25,7 +25,7 @@ ${HELP_HELP}
 export async function start(args: string[]): Promise<void> {
   const file = configArg(args, START);
   const config = readConfig(file);
-  const logger = createLogger(config.log.level);
+  const logger = createLogger(config.log.level, undefined, config.log.format);
   let relay;
   try {
     relay = await startRelay(config, logger);

@@ -374,6 +374,8 @@ export const configSchema = z.strictObject({
   log: z
     .strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      /** json: one JSON record a line (what `hygiene-relay logs` reads); pretty: multi-line, for a terminal; line: one summary line a record. */
+      format: z.enum(['json', 'pretty', 'line']).default('json'),
     })
     .prefault({}),
   /** What `hygiene-relay dns flush` talks to: a Unix socket (mode 0600) in the running relay; null: none. */

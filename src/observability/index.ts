@@ -1,9 +1,21 @@
 import { pino, type Logger, type DestinationStream } from 'pino';
+import { prettyFactory } from 'pino-pretty';
+import { recordLine } from './line.ts';
 
 export type { Logger } from 'pino';
+export { recordLine, replyCode, transactionLine } from './line.ts';
 
-/** The one logger of the process: JSON lines on stdout (or the given stream), passed down to every part. */
-export function createLogger(level: string, destination?: DestinationStream): Logger {
+/** `log.format`: JSON lines (for machines and `hygiene-relay logs`), pino-pretty's multi-line view, or one line per record. */
+export type LogFormat = 'json' | 'pretty' | 'line';
+
+/**
+ * The one logger of the process: records on stdout (or the given stream), passed down to
+ * every part. pino always writes JSON; the pretty and line formats rewrite each JSON line in
+ * this process, synchronously, into the same stream, so flushing and the flush at exit stay
+ * those of the JSON stream and no worker thread is started.
+ */
+export function createLogger(level: string, destination?: DestinationStream, format: LogFormat = 'json'): Logger {
+  const stream = destination ?? pino.destination({ dest: 1, sync: false });
   return pino(
     {
       level,
@@ -11,6 +23,19 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    destination ?? pino.destination({ dest: 1, sync: false }),
+    format === 'json' ? stream : rewriting(stream, format === 'pretty' ? pretty() : (line) => `${recordLine(JSON.parse(line) as Record<string, unknown>)}\n`),
   );
+}
+
+/** pino-pretty's view; times stay as recorded (ISO 8601, UTC) so that every format shows the same ones. */
+function pretty(): (line: string) => string {
+  return prettyFactory({ ignore: 'service', translateTime: false });
+}
+
+function rewriting(stream: DestinationStream, rewrite: (line: string) => string): DestinationStream {
+  const flushable = stream as DestinationStream & { flush?: (cb: (err?: Error) => void) => void };
+  return {
+    write: (line: string) => stream.write(rewrite(line)),
+    ...(flushable.flush && { flush: (cb: (err?: Error) => void) => flushable.flush!(cb) }),
+  };
 }
