@@ -37,8 +37,7 @@ export function parseOptions<const O extends ParseArgsOptionsConfig, const P ext
     parsed = parseArgs({ args, options: all, strict: true, allowPositionals: positionals ?? false }) as Parsed<O, P>;
   } catch (err) {
     if (!String((err as NodeJS.ErrnoException).code).startsWith('ERR_PARSE_ARGS_')) throw err;
-    const problem = misuse(args, all, positionals ?? false) ?? (err as Error).message.split('\n')[0];
-    usageError(command, command.name ? `${problem} for ${command.name}` : problem);
+    usageError(command, misuse(args, all, positionals ?? false, command.name ? ` for ${command.name}` : '') ?? (err as Error).message.split('\n')[0]);
   }
   if ((parsed.values as { help?: boolean }).help) {
     process.stdout.write(command.usage);
@@ -48,16 +47,16 @@ export function parseOptions<const O extends ParseArgsOptionsConfig, const P ext
 }
 
 /** The first argument strict parsing refused, in the admin's words; parseArgs' own messages explain its API. */
-function misuse(args: string[], options: ParseArgsOptionsConfig, positionals: boolean): string | undefined {
+function misuse(args: string[], options: ParseArgsOptionsConfig, positionals: boolean, forCommand: string): string | undefined {
   const { tokens } = parseArgs({ args, options, strict: false, allowPositionals: true, tokens: true });
   for (const token of tokens) {
-    if (token.kind === 'positional' && !positionals) return `unexpected argument "${token.value}"`;
+    if (token.kind === 'positional' && !positionals) return `unexpected argument "${token.value}"${forCommand}`;
     if (token.kind !== 'option') continue;
     const option = options[token.name];
-    if (!option) return `unknown option ${token.rawName}`;
+    if (!option) return `unknown option ${token.rawName}${forCommand}`;
     // Without a value, or the next option taken for it (`--config --help`).
-    if (option.type === 'string' && (token.value === undefined || (!token.inlineValue && token.value.startsWith('-')))) return `missing value of option ${token.rawName}`;
-    if (option.type === 'boolean' && token.value !== undefined) return `option ${token.rawName} takes no value`;
+    if (option.type === 'string' && (token.value === undefined || (!token.inlineValue && token.value.startsWith('-')))) return `missing value of option ${token.rawName}${forCommand}`;
+    if (option.type === 'boolean' && token.value !== undefined) return `option ${token.rawName}${forCommand} takes no value`;
   }
   return undefined;
 }
