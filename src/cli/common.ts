@@ -9,7 +9,7 @@ export function fail(message: string, code: number): never {
 
 /** A command as `--help` shows it and as its one-line errors name it. */
 export interface Command {
-  /** As typed after `hygiene-relay`: `start`, `dkim keygen`. */
+  /** As typed after `hygiene-relay`: `start`, `dkim keygen`; empty for hygiene-relay itself. */
   name: string;
   /** What `--help` prints on standard output. */
   usage: string;
@@ -84,11 +84,8 @@ export const CONFIG_OPTION = { config: { type: 'string', short: 'c', default: DE
 export const CONFIG_HELP = `  -c, --config FILE   the relay's configuration (default: ${DEFAULT_CONFIG})`;
 export const HELP_HELP = '  -h, --help          this text';
 
-// For a command that does not describe itself yet: its errors point to the list of commands.
-const CONFIG_ONLY: Command = { name: '', usage: `usage: hygiene-relay <command> [--config FILE]\n\noptions:\n${CONFIG_HELP}\n${HELP_HELP}\n` };
-
 /** The `--config` of a command that takes no other option. */
-export function configArg(args: string[], command = CONFIG_ONLY): string {
+export function configArg(args: string[], command: Command): string {
   return parseOptions(args, command, CONFIG_OPTION).values.config;
 }
 
