@@ -6,21 +6,43 @@ import { stringify } from 'yaml';
 
 const BIN = path.resolve(import.meta.dirname, '../../bin/hygiene-relay.ts');
 
+export interface RelayProcessOptions {
+  /**
+   * Its standard output is text (log.format pretty or line), not JSON records: each line is
+   * kept in `lines` only, and the relay has started at the first that says "relay started".
+   * Its port is then the first listener's, so give that one a free port, not 0.
+   */
+  text?: boolean;
+}
+
 /** The relay as its own process, started from a YAML file like an admin would start it. */
 export class RelayProcess {
   readonly child: ChildProcess;
   readonly port: number;
   readonly records: Record<string, unknown>[];
+  /** Every line of its standard output, as written. */
+  readonly lines: string[];
   #waiters: { match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }[] = [];
+  #lineWaiters: { match: (line: string) => boolean; resolve: (line: string) => void }[] = [];
 
-  private constructor(child: ChildProcess, port: number, records: Record<string, unknown>[], lines: ReturnType<typeof createInterface>) {
+  private constructor(child: ChildProcess, port: number, records: Record<string, unknown>[], lines: string[], input: ReturnType<typeof createInterface>, text: boolean) {
     this.child = child;
     this.port = port;
     this.records = records;
-    lines.on('line', () => {
+    this.lines = lines;
+    input.on('line', (line) => {
+      this.#lineWaiters = this.#lineWaiters.filter((w) => (w.match(line) ? (w.resolve(line), false) : true));
+      if (text) return;
       const record = records[records.length - 1];
       this.#waiters = this.#waiters.filter((w) => (w.match(record) ? (w.resolve(record), false) : true));
     });
+  }
+
+  /** The first line of standard output from `index` on that matches, already written or still to come. */
+  waitForLine(match: (line: string) => boolean, index = 0): Promise<string> {
+    const found = this.lines.slice(index).find(match);
+    if (found !== undefined) return Promise.resolve(found);
+    return new Promise((resolve) => this.#lineWaiters.push({ match, resolve }));
   }
 
   /** The first log record from `index` on that matches, already written or still to come. */
@@ -30,22 +52,28 @@ export class RelayProcess {
     return new Promise((resolve) => this.#waiters.push({ match, resolve }));
   }
 
-  static async start(configFile: string, config: Record<string, unknown>): Promise<RelayProcess> {
+  static async start(configFile: string, config: Record<string, unknown>, options: RelayProcessOptions = {}): Promise<RelayProcess> {
     writeFileSync(configFile, stringify(config));
     const child = spawn(process.execPath, [BIN, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     const records: Record<string, unknown>[] = [];
+    const lines: string[] = [];
     let stderr = '';
     child.stderr!.on('data', (chunk) => (stderr += chunk));
-    const lines = createInterface({ input: child.stdout! });
+    const input = createInterface({ input: child.stdout! });
     const port = await new Promise<number>((resolve, reject) => {
-      lines.on('line', (line) => {
+      input.on('line', (line) => {
+        lines.push(line);
+        if (options.text) {
+          if (line.includes('relay started')) resolve((config.listeners as { port: number }[])[0].port);
+          return;
+        }
         const record = JSON.parse(line) as Record<string, unknown>;
         records.push(record);
         if (record.msg === 'relay started') resolve((record.ports as number[])[0]);
       });
       child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${stderr}`)));
     });
-    return new RelayProcess(child, port, records, lines);
+    return new RelayProcess(child, port, records, lines, input, options.text ?? false);
   }
 
   /** A line of /proc/PID/status in bytes (VmRSS: resident now, VmHWM: the peak so far). */
