@@ -3,14 +3,9 @@ import { Readable } from 'node:stream';
 import {
   checkSender,
   isBulk,
-  judge,
   policyFor,
-  predict,
-  predictFromParts,
   RelaxedBodyHash,
-  unsubscribeOf,
   type Policy,
-  type Prediction,
   type Signature,
   type SigningKey,
   type SpfVerdict,
@@ -26,6 +21,7 @@ import { authorDomain, receivedHeader } from './headers.ts';
 import { applyHygiene, checkFrom, sign } from './hygiene.ts';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
+import { runPreflight } from './preflight-run.ts';
 import { explain, transactionRecord, type MessageFacts, type RecipientRecord, type TransactionFacts } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
 import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
@@ -40,12 +36,10 @@ interface SpooledMessage {
   offset: number;
   /** Bulk mail, judged by the providers' bulk rules. */
   bulk: boolean;
-  /** What each destination's profile is judged on, once the preflight has predicted the verdict. */
-  judging?: { prediction: Prediction; mode: Policy['mode']; keys: number };
+  /** The author domain's policy, once the preflight has predicted the verdict and judged each destination. */
+  mode?: Policy['mode'];
 }
 
-/** Messages up to this size get mailauth's full authenticate() as the preflight. */
-const FULL_PREFLIGHT_LIMIT = 2 * 1024 * 1024;
 
 export function newTransactionId(): string {
   return randomBytes(9).toString('base64url');
@@ -238,50 +232,39 @@ export class Transaction {
 
   /** SPF at MAIL FROM (auth/preflight.ts): refused here when the sender domain's policy enforces SPF. */
   async checkSender(): Promise<Outcome> {
-    const { spf, outcome } = await checkSender(this.#sender, this.#ctx.config, { resolve: this.#ctx.resolve, ip: this.#egress.ip, helo: this.#egress.helo });
+    const ctx = { resolve: this.#ctx.resolve, ip: this.#egress.ip, helo: this.#egress.helo };
+    let { spf, outcome } = await checkSender(this.#sender, this.#ctx.config, ctx);
+    // A refusal for good rests on answers fetched fresh from DNS (see #preflight).
+    if (outcome.kind === 'permanent') ({ spf, outcome } = await checkSender(this.#sender, this.#ctx.config, { ...ctx, resolve: this.#ctx.freshResolve }));
     this.#spf = spf;
     return outcome;
   }
 
   /**
    * The receiver's verdict on the message as it will leave (signed, from this egress), and
-   * what the author domain's policy makes of it: enforce stops a failure here with a reply
-   * that names the record to fix; monitor lets it go and the record says what would happen.
+   * what the author domain's policy makes of it (preflight-run.ts): enforce stops a failure
+   * here with a reply that names the record to fix; monitor lets it go and the record says
+   * what would happen. Each destination's profile verdict is left on its leg.
    */
   async #preflight(message: SpooledMessage, keys: SigningKey[]): Promise<Outcome | undefined> {
-    const author = authorDomain(message.header)!;
-    const policy = policyFor(this.#ctx.config, author);
-    const ctx = { resolve: this.#ctx.resolve, ip: this.#egress.ip, helo: this.#egress.helo };
-    let prediction: Prediction;
-    try {
-      // Parsing a large message again would cost as much memory as the rest of the relay:
-      // above the limit the verdict is composed from what the relay already checked.
-      prediction =
-        message.spool.size <= FULL_PREFLIGHT_LIMIT || !this.#spf
-          ? await predict(this.#outgoing(Buffer.alloc(0), message, false), this.#sender, ctx)
-          : await predictFromParts({
-              spf: this.#spf,
-              sender: this.#sender,
-              author,
-              keys,
-              otherSignatures: message.header.count('dkim-signature'),
-              resolve: this.#ctx.resolve,
-            });
-    } catch (err) {
-      this.#logger.warn({ err, id: this.id }, 'preflight authentication failed');
-      this.#preflightRecord = { policy, error: (err as Error).message };
-      return policy.mode === 'enforce' ? failure('temporary', 451, '4.4.3', 'the authentication preflight could not complete; try again later') : undefined;
-    }
-    const { reasons, refusal } = judge(policy, prediction, { ip: this.#egress.ip, keys: keys.length });
-    message.judging = { prediction, mode: policy.mode, keys: keys.length };
-    this.#preflightRecord = {
+    const policy = policyFor(this.#ctx.config, authorDomain(message.header)!);
+    const judged = await runPreflight({
+      ctx: this.#ctx,
       policy,
+      keys,
+      egress: this.#egress,
+      sender: this.#sender,
       spfAtMailFrom: this.#spf,
-      prediction,
-      verdict: refusal ? (policy.mode === 'enforce' ? 'refused' : 'would be refused (monitor)') : 'pass',
-      reasons: reasons.length ? reasons : undefined,
-    };
-    return policy.mode === 'enforce' ? refusal : undefined;
+      size: message.spool.size,
+      header: message.header,
+      bulk: message.bulk,
+      outgoing: () => this.#outgoing(Buffer.alloc(0), message, false),
+      legs: [...this.#legs.values()].filter((leg) => leg.recipients.length),
+    });
+    this.#preflightRecord = judged.record;
+    if (judged.error) this.#logger.warn({ err: judged.error, id: this.id }, 'preflight authentication failed');
+    else message.mode = policy.mode;
+    return policy.mode === 'enforce' ? judged.refusal : undefined;
   }
 
   async #deliverSpooled(message: SpooledMessage): Promise<Outcome> {
@@ -300,10 +283,8 @@ export class Transaction {
           if (state) this.#record(address).result = state === 'delivered' ? 'already-delivered' : 'already-bounced';
         });
         if (pending.length === 0) return [];
-        const { judging } = message;
-        if (judging) leg.judge({ ...judging, bulk: message.bulk, author: authorDomain(message.header)!, unsubscribe: unsubscribeOf(message.header) });
         // Under enforce, a destination whose provider would refuse the message does not get it.
-        const refusal = judging?.mode === 'enforce' ? leg.profile?.outcome : undefined;
+        const refusal = message.mode === 'enforce' ? leg.profile?.outcome : undefined;
         const results: RecipientResult[] = refusal
           ? pending.map((address) => ({ address, outcome: this.#own(refusal), remoteMta: this.#egress.helo }))
           : await leg.send(pending, () => this.#outgoing(received, message, true));

@@ -1,0 +1,80 @@
+import { checkSpf, judge, predict, predictFromParts, unsubscribeOf, type Policy, type Prediction, type SigningKey, type SpfVerdict } from '../auth/index.ts';
+import type { Resolve } from '../dns/index.ts';
+import type { Egress } from '../identity/index.ts';
+import type { HeaderSection } from '../message/index.ts';
+import { failure, type Outcome } from '../smtp/index.ts';
+import type { RelayContext } from './context.ts';
+import type { Leg } from './leg.ts';
+
+/** Messages up to this size get mailauth's full authenticate() as the preflight. */
+const FULL_PREFLIGHT_LIMIT = 2 * 1024 * 1024;
+
+export interface PreflightInput {
+  ctx: RelayContext;
+  /** The author (From) domain's policy. */
+  policy: Policy;
+  /** The keys the relay signed with. */
+  keys: SigningKey[];
+  egress: Egress;
+  sender: string;
+  spfAtMailFrom?: SpfVerdict;
+  size: number;
+  header: HeaderSection;
+  bulk: boolean;
+  /** The message as it will leave, signed. */
+  outgoing: () => AsyncIterable<Buffer>;
+  /** The destinations with recipients: each gets its profile verdict. */
+  legs: Leg[];
+}
+
+/**
+ * The receiver's verdict predicted (mailauth, the relay's resolver), judged against the
+ * per-domain floor (`require`) and against each destination's provider profile. A refusal
+ * for good rests on answers fetched fresh from DNS, never on cached ones: when the cached
+ * answers would refuse, the prediction is made again past the cache, so a record the admin
+ * just fixed passes at once (and its new answer is cached for everyone).
+ */
+export async function runPreflight(input: PreflightInput): Promise<{ refusal?: Outcome; record: Record<string, unknown>; error?: Error }> {
+  const { ctx, policy, keys, egress, sender } = input;
+  const predictWith = async (resolve: Resolve, fresh: boolean): Promise<Prediction> => {
+    const at = { resolve, ip: egress.ip, helo: egress.helo };
+    // Parsing a large message again would cost as much memory as the rest of the relay:
+    // above the limit the verdict is composed from what the relay already checked.
+    if (input.size <= FULL_PREFLIGHT_LIMIT || !input.spfAtMailFrom) return predict(input.outgoing(), sender, at);
+    const spf = fresh ? await checkSpf(sender, at) : input.spfAtMailFrom;
+    return predictFromParts({ spf, sender, author: policy.domain, keys, otherSignatures: input.header.count('dkim-signature'), resolve });
+  };
+  const judgeAll = (prediction: Prediction) => {
+    const facts = { prediction, mode: policy.mode, keys: keys.length, bulk: input.bulk, author: policy.domain, unsubscribe: unsubscribeOf(input.header) };
+    for (const leg of input.legs) leg.judge(facts);
+    return judge(policy, prediction, { ip: egress.ip, keys: keys.length });
+  };
+  let prediction: Prediction;
+  let verdict: ReturnType<typeof judge>;
+  try {
+    prediction = await predictWith(ctx.resolve, false);
+    verdict = judgeAll(prediction);
+    const forGood = verdict.refusal?.kind === 'permanent' || input.legs.some((leg) => leg.profile?.outcome?.kind === 'permanent');
+    if (policy.mode === 'enforce' && forGood) {
+      prediction = await predictWith(ctx.freshResolve, true);
+      verdict = judgeAll(prediction);
+    }
+  } catch (err) {
+    return {
+      refusal: failure('temporary', 451, '4.4.3', 'the authentication preflight could not complete; try again later'),
+      record: { policy, error: (err as Error).message },
+      error: err as Error,
+    };
+  }
+  const { reasons, refusal } = verdict;
+  return {
+    refusal,
+    record: {
+      policy,
+      spfAtMailFrom: input.spfAtMailFrom,
+      prediction,
+      verdict: refusal ? (policy.mode === 'enforce' ? 'refused' : 'would be refused (monitor)') : 'pass',
+      reasons: reasons.length ? reasons : undefined,
+    },
+  };
+}
