@@ -3,8 +3,10 @@ import { spawn } from 'node:child_process';
 import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { hashPassword } from '../src/inbound/index.ts';
+import { createLogger } from '../src/observability/index.ts';
 import { RawClient } from './harness/client.ts';
 import { makeKey } from './harness/dkim.ts';
 import { RelayProcess, runCli } from './harness/process.ts';
@@ -75,11 +77,12 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
     ];
   };
 
-  it('prints one line per transaction: client, sender, each recipient with its result and destination code, predicted DMARC, final reply', async () => {
+  it('prints one line per transaction: client, sender, each recipient with its result and destination code, predicted DMARC, final reply', async (t) => {
     assert.equal(transactions.length, 3);
     assert.match(String(transactions[0].reply), /^250 2\.\d\.\d /);
     const result = await runCli(['logs', file]);
     assert.equal(result.code, 0, result.stderr);
+    t.diagnostic(result.stdout);
     assert.deepEqual(result.stdout.split('\n').filter(Boolean), expected());
     // The other records (keys loaded, listening, identity) are not transactions; the kernel line is not a record.
     assert.equal(result.stderr, 'hygiene-relay: skipped 1 line that is not a JSON record\n');
@@ -155,9 +158,12 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
     appendFileSync(growing, next.slice(0, 100));
     appendFileSync(growing, `${next.slice(100)}\n${JSON.stringify(transactions[2])}\n`);
     await lineCount(3);
+    // Truncated in place, as logrotate's copytruncate does: read again from the start.
+    writeFileSync(growing, `${JSON.stringify(transactions[0])}\n`);
+    await lineCount(4);
     child.kill('SIGINT');
     assert.equal(await exited, 0);
-    assert.deepEqual(stdout.split('\n').filter(Boolean), expected());
+    assert.deepEqual(stdout.split('\n').filter(Boolean), [...expected(), expected()[0]]);
   });
 
   it('fails in one line, exit 2, on a missing file or a --since that is no duration', async () => {
@@ -210,5 +216,14 @@ describe('log.format: line, from the relay process', () => {
     // No DKIM key and no DMARC record here: SPF alone passes, DMARC predicts none.
     assert.match(line, new RegExp(`^\\S+Z ${id} 127\\.0\\.0\\.1 <alice@example\\.test> → <bob@gmail\\.test> delivered 250 2\\.6\\.0; dmarc=none; reply 250 2\\.\\d\\.\\d$`));
     assert.ok(relay.lines.every((l) => !l.startsWith('{')), 'no JSON line');
+  });
+});
+
+describe('log.format: pretty', () => {
+  it('writes pino-pretty\'s multi-line view with the recorded ISO time', () => {
+    let text = '';
+    const out = new Writable({ write: (chunk: Buffer, _encoding, callback) => ((text += chunk), callback()) });
+    createLogger('info', out, 'pretty').info({ ports: [2525], config: '/etc/hygiene-relay/relay.yaml' }, 'relay started');
+    assert.match(text, /^\[\d{4}-\d\d-\d\dT[\d:.]+Z\] INFO: relay started\n {4}ports: \[\n {6}2525\n {4}\]\n {4}config: "\/etc\/hygiene-relay\/relay\.yaml"\n$/);
   });
 });

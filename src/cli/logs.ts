@@ -1,4 +1,5 @@
-import { open, watch, type FileHandle } from 'node:fs/promises';
+import { watch } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { stringify } from 'yaml';
 import { transactionLine } from '../observability/index.ts';
 import { fail, HELP_HELP, parseOptions, usageError, type Command } from './common.ts';
@@ -35,29 +36,35 @@ function sinceMs(text: string): number {
 
 /** A file's bytes as they are now, then, with `follow`, as they are appended (like `tail -f`), until `signal`. */
 async function* fileChunks(file: string, handle: FileHandle, follow: boolean, signal: AbortSignal): AsyncGenerator<Buffer> {
-  // Watching starts before the first read, so an append between reaching the end and waiting is not missed.
-  const changes = follow ? watch(file, { signal }) : undefined;
+  // Watching starts before the first read, and a change seen while reading means reading
+  // again before waiting: an append is never missed between reaching the end and waiting.
+  let changed = false;
+  let wake: (() => void) | undefined;
+  const watcher = follow ? watch(file, { signal }, () => ((changed = true), wake?.())) : undefined;
+  signal.addEventListener('abort', () => wake?.());
   let position = 0;
-  for (;;) {
-    const buffer = Buffer.alloc(CHUNK);
-    const { bytesRead } = await handle.read(buffer, 0, CHUNK, position);
-    if (bytesRead > 0) {
-      position += bytesRead;
-      yield buffer.subarray(0, bytesRead);
-      continue;
+  try {
+    for (;;) {
+      changed = false;
+      for (;;) {
+        const buffer = Buffer.alloc(CHUNK);
+        const { bytesRead } = await handle.read(buffer, 0, CHUNK, position);
+        if (bytesRead === 0) break;
+        position += bytesRead;
+        yield buffer.subarray(0, bytesRead);
+      }
+      if (!watcher) return;
+      // Truncated in place (logrotate's copytruncate): read it again from the start, as tail does.
+      if ((await handle.stat()).size < position) {
+        position = 0;
+        continue;
+      }
+      if (!changed && !signal.aborted) await new Promise<void>((resolve) => (wake = resolve));
+      wake = undefined;
+      if (signal.aborted) return;
     }
-    if (!changes) return;
-    // Truncated in place (logrotate's copytruncate): read it again from the start, as tail does.
-    if ((await handle.stat()).size < position) {
-      position = 0;
-      continue;
-    }
-    try {
-      if ((await changes.next()).done) return;
-    } catch (err) {
-      if ((err as Error).name === 'AbortError') return;
-      throw err;
-    }
+  } finally {
+    watcher?.close();
   }
 }
 
