@@ -120,3 +120,28 @@ describe('each destination judged as its provider judges', () => {
     assert.deepEqual((lastRecord('news@spfonly.test').recipients as { result: string }[]).map((r) => r.result), ['already-bounced', 'already-delivered']);
   });
 });
+
+describe('the egress PTR, as the providers judge it', () => {
+  const REVERSE = '2.0.0.127.in-addr.arpa';
+  it('a PTR lookup that failed for now defers mail to Gmail (451 4.4.3), and the fixed DNS counts at once', async () => {
+    // The PTR lookup times out while the relay starts: the identity is unverified, but nothing is known.
+    const world = await World.start({
+      destinations: [GMAIL],
+      config: (internet) => {
+        internet.dns.add('spfonly.test', { type: 'TXT', data: SPF_EGRESS });
+        internet.dns.fault(REVERSE, 'PTR', 'servfail');
+        return {};
+      },
+    });
+    try {
+      const deferred = await send(world.port, 'alice@spfonly.test', ['bob@gmail.test'], message({ from: 'alice@spfonly.test' }));
+      assert.equal(deferred.data?.code, 451, JSON.stringify(deferred.data));
+      assert.match(fullText(deferred.data!), /^4\.4\.3 gmail's verdict cannot be predicted \(PTR lookup for 127\.0\.0\.2 failed \(ESERVFAIL\)\)/);
+      world.dns.fault(REVERSE, 'PTR', null);
+      const delivered = await send(world.port, 'alice@spfonly.test', ['bob@gmail.test'], message({ from: 'alice@spfonly.test' }));
+      assert.equal(delivered.data?.code, 250, JSON.stringify(delivered.data));
+    } finally {
+      await world.close();
+    }
+  });
+});

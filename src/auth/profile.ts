@@ -12,8 +12,8 @@ export interface Sending {
   /** The From domain. */
   author: string;
   egressIp: string;
-  /** The egress PTR forward-confirms (identity/); `problem` says what is wrong otherwise. */
-  egress: { verified: boolean; problem?: string };
+  /** The egress PTR forward-confirms (identity/); `problem` says what is wrong otherwise, `inconclusive` that DNS could not tell. */
+  egress: { verified: boolean; problem?: string; inconclusive?: boolean };
   /** DKIM keys the relay signed with, for the advice. */
   keys: number;
   unsubscribe: Unsubscribe;
@@ -107,11 +107,14 @@ export function judgeDestination(options: { requires: Profile; profile: string; 
   if (failures.length === 0) return { profile, bulk, verdict: 'pass' };
   const reasons = failures.map((f) => f.reason);
   const dns = sending.prediction.dnsFailures;
-  const onDns = dns.length > 0 && failures.some((f) => f.check === 'authentication' || f.check === 'dmarc');
+  // The PTR lookup failing for now decides nothing either.
+  const ptrUnknown = sending.egress.inconclusive === true && failures.some((f) => f.check === 'ptr');
+  const onDns = ptrUnknown || (dns.length > 0 && failures.some((f) => f.check === 'authentication' || f.check === 'dmarc'));
   const temporary = onDns || failures.every((f) => f.check === 'tls');
   const summary = `${profile} would refuse: ${failures.map((f) => f.label).join(', ')}`;
+  const why = [...(dns.length ? [describeDnsFailures(dns)] : []), ...(ptrUnknown ? [sending.egress.problem ?? 'the egress PTR lookup failed'] : [])].join(', ');
   const outcome = onDns
-    ? failure('temporary', 451, '4.4.3', clip(`${profile}'s verdict cannot be predicted (${describeDnsFailures(dns)}): try again later`, 450))
+    ? failure('temporary', 451, '4.4.3', clip(`${profile}'s verdict cannot be predicted (${why}): try again later`, 450))
     : temporary
       ? failure('temporary', 451, '4.7.5', clip(`${reasons.join('; ')}; try again later`, 450))
       : failure('permanent', 550, failures.every((f) => f.check === 'ptr') ? '5.7.25' : '5.7.26', clip(`${summary}: ${reasons.join('; ')}`, 450));

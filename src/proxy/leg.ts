@@ -153,10 +153,10 @@ export class Leg {
    * The prediction judged against the profile of the destination's provider (by its MX hosts;
    * `default` for anyone else, and behind a route), its bulk rules for bulk mail.
    */
-  judge(message: { prediction: Prediction; mode: Policy['mode']; keys: number; bulk: boolean; author: string; unsubscribe: Unsubscribe }): void {
+  judge(message: { prediction: Prediction; mode: Policy['mode']; keys: number; bulk: boolean; author: string; unsubscribe: Unsubscribe; egress: Egress }): void {
     const { providers } = this.#owner.ctx.playbook;
     const { name, profile } = providers.profileOf(providers.of(this.destination.hops.map((hop) => hop.name)));
-    const { egress } = this.#owner;
+    const { egress } = message;
     this.profile = judgeDestination({
       requires: profile,
       profile: name,

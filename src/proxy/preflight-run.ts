@@ -1,6 +1,6 @@
 import { checkSpf, judge, predict, predictFromParts, unsubscribeOf, type Policy, type Prediction, type SigningKey, type SpfVerdict } from '../auth/index.ts';
 import type { Resolve } from '../dns/index.ts';
-import type { Egress } from '../identity/index.ts';
+import { verifyEgress, type Egress } from '../identity/index.ts';
 import type { HeaderSection } from '../message/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { RelayContext } from './context.ts';
@@ -44,8 +44,8 @@ export async function runPreflight(input: PreflightInput): Promise<{ refusal?: O
     const spf = fresh ? await checkSpf(sender, at) : input.spfAtMailFrom;
     return predictFromParts({ spf, sender, author: policy.domain, keys, otherSignatures: input.header.count('dkim-signature'), resolve });
   };
-  const judgeAll = (prediction: Prediction) => {
-    const facts = { prediction, mode: policy.mode, keys: keys.length, bulk: input.bulk, author: policy.domain, unsubscribe: unsubscribeOf(input.header) };
+  const judgeAll = (prediction: Prediction, identity: Egress) => {
+    const facts = { prediction, mode: policy.mode, keys: keys.length, bulk: input.bulk, author: policy.domain, unsubscribe: unsubscribeOf(input.header), egress: identity };
     for (const leg of input.legs) leg.judge(facts);
     return judge(policy, prediction, { ip: egress.ip, keys: keys.length });
   };
@@ -53,11 +53,17 @@ export async function runPreflight(input: PreflightInput): Promise<{ refusal?: O
   let verdict: ReturnType<typeof judge>;
   try {
     prediction = await predictWith(ctx.resolve, false);
-    verdict = judgeAll(prediction);
+    verdict = judgeAll(prediction, egress);
     const forGood = verdict.refusal?.kind === 'permanent' || input.legs.some((leg) => leg.profile?.outcome?.kind === 'permanent');
-    if (policy.mode === 'enforce' && forGood) {
+    // An unverified identity may be the whole reason a destination would refuse (or defer).
+    const onIdentity = !egress.verified && input.legs.some((leg) => leg.profile?.outcome);
+    if (policy.mode === 'enforce' && (forGood || onIdentity)) {
       prediction = await predictWith(ctx.freshResolve, true);
-      verdict = judgeAll(prediction);
+      // The identity was verified at start or at the last re-check: a refusal for good that
+      // rests on its PTR checks it again now (a PTR the admin just fixed counts at once).
+      const configured = ctx.config.egress.find((e) => e.ip === egress.ip);
+      const identity = configured && !egress.verified ? await verifyEgress(configured, ctx.freshResolve) : egress;
+      verdict = judgeAll(prediction, identity);
     }
   } catch (err) {
     return {
