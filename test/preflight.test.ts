@@ -156,7 +156,7 @@ describe('authentication preflight', () => {
     const [received] = await gmail().waitForMessages(1);
     const text = received.message.toString();
     assert.match(text, /^Date: \w{3}, \d+ \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r$/m);
-    assert.match(text, /^Message-ID: <[0-9a-f]{32}@relay-out\.example\.test>\r$/m);
+    assert.match(text, /^Message-ID: <[0-9a-f]{32}@aligned\.test>\r$/m);
     assert.deepEqual(received.verdict!.dkim, ['pass']);
   });
 

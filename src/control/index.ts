@@ -1,4 +1,4 @@
-import { chmodSync, unlinkSync } from 'node:fs';
+import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
 import net from 'node:net';
 import type { Logger } from '../observability/index.ts';
 
@@ -35,6 +35,8 @@ function serve(connection: net.Socket, commands: ControlCommands): void {
     const end = buffered.indexOf('\n');
     if (end < 0 && buffered.length <= MAX_LINE) return;
     connection.removeAllListeners('data');
+    // The command may take longer than an idle client may wait (a flush of a large Redis).
+    connection.setTimeout(0);
     const line = end < 0 ? undefined : buffered.slice(0, end).replace(/\r$/, '').trim();
     const answer = line === undefined ? Promise.resolve('error line too long') : answerTo(line, commands);
     void answer.then((text) => connection.end(`${text}\n`));
@@ -83,6 +85,8 @@ export class ControlServer {
         await listen(server, path);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || (await answers(path))) throw err;
+        // Only a socket a crashed relay left is taken over: never a file the path names by mistake.
+        if (!lstatSync(path).isSocket()) throw err;
         unlinkSync(path);
         await listen(server, path);
       }

@@ -158,11 +158,11 @@ export class Inbound {
         );
       },
       onMailFrom: (address, session, callback) => {
-        void this.#mailFrom(address.address, address.args, session).then(({ outcome, spf }) => {
+        void this.#mailFrom(address.address, address.args, session).then(({ outcome, spf, trusted }) => {
           const reply = this.#answer(session.id, () => reject(outcome, callback));
           if (outcome.kind === 'accepted') return;
           const user = session.user ? String(session.user) : undefined;
-          this.#refusals.refused({ client: session.remoteAddress, stage: 'MAIL FROM', helo: session.hostNameAppearsAs || undefined, user, sender: address.address, reply, reason: outcome.cause, spf });
+          this.#refusals.refused({ client: session.remoteAddress, stage: 'MAIL FROM', helo: session.hostNameAppearsAs || undefined, user, sender: address.address, reply, reason: outcome.cause, spf, trusted });
         }, localError(this.#logger, callback));
       },
       onRcptTo: (address, session, callback) => {
@@ -171,7 +171,10 @@ export class Inbound {
           // A recipient the transaction took up is in its record; one refused before, here.
           if (transaction) transaction.answered(reply);
           else if (outcome.kind !== 'accepted') this.#refusals.refused({ client: session.remoteAddress, stage: 'RCPT TO', sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : undefined, reply, reason: outcome.cause });
-        }, localError(this.#logger, callback));
+        }, (err: Error) => {
+          const reply = this.#answer(session.id, () => localError(this.#logger, callback)(err));
+          this.#transactions.get(session.id)?.answered(reply);
+        });
       },
       onData: (stream, session, callback) => {
         const transaction = this.#transactions.get(session.id);
@@ -228,8 +231,9 @@ export class Inbound {
     if (Number(reply.slice(0, 3)) >= 400) this.#refusals.refused({ client: connection.remoteAddress, stage: 'session', reply, reason: reply.replace(/^\d{3}[ -](\d\.\d+\.\d+ )?/, '') });
   }
 
-  async #mailFrom(address: string, args: unknown, session: SMTPServerSession): Promise<{ outcome: Outcome; spf?: SpfVerdict }> {
+  async #mailFrom(address: string, args: unknown, session: SMTPServerSession): Promise<{ outcome: Outcome; spf?: SpfVerdict; trusted?: boolean }> {
     const refuse = (outcome: Outcome) => ({ outcome });
+    const trustedRefusal = (outcome: Outcome) => ({ outcome, trusted: true });
     const sender = asciiDomain(address);
     if (sender === undefined) return refuse(failure('permanent', 553, '5.1.7', `<${address}>: the domain is not a valid domain name`));
     const previous = this.#transactions.get(session.id);
@@ -249,11 +253,11 @@ export class Inbound {
     }
     // A null sender (a bounce from the internal server) has no domain to check.
     if (sender !== '' && !senderDomainAllowed(client.senderDomains, domainOf(sender))) {
-      return refuse(failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`));
+      return trustedRefusal(failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`));
     }
     const egress = this.#egress.select();
     if (!egress) {
-      return refuse(failure('temporary', 451, '4.3.5', 'no egress identity verifies (needed in strict mode, and always for an IPv6 one): check the PTR and A/AAAA records of the egress addresses'));
+      return trustedRefusal(failure('temporary', 451, '4.3.5', 'no egress identity verifies (needed in strict mode, and always for an IPv6 one): check the PTR and A/AAAA records of the egress addresses'));
     }
     const params = (args || {}) as Record<string, string | boolean>;
     const transaction = new Transaction(
@@ -273,7 +277,7 @@ export class Inbound {
     const outcome = await transaction.checkSender();
     if (outcome.kind !== 'accepted') {
       await transaction.discard();
-      return { outcome, spf: transaction.spf };
+      return { outcome, spf: transaction.spf, trusted: true };
     }
     this.#transactions.set(session.id, transaction);
     return { outcome };

@@ -43,7 +43,10 @@ export function applyHygiene(original: HeaderSection, options: { removeReceived:
   const kept = options.removeReceived ? original.without('received') : original;
   const added: [name: string, value: string][] = [];
   if (original.value('date') === undefined) added.push(['Date', rfc5322Date()]);
-  if (original.value('message-id') === undefined) added.push(['Message-ID', `<${derivedMessageId(options.sha256, options.sender)}@${options.helo}>`]);
+  // RFC 5322 §3.6.4: the right side names the sender's domain (the HELO name for a null
+  // sender), not the egress, so a retry that leaves another way carries the same identifier.
+  const domain = options.sender.slice(options.sender.lastIndexOf('@') + 1).toLowerCase() || options.helo;
+  if (original.value('message-id') === undefined) added.push(['Message-ID', `<${derivedMessageId(options.sha256, options.sender)}@${domain}>`]);
   return { header: kept.appended(added), added: added.map(([name]) => name) };
 }
 

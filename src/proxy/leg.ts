@@ -30,8 +30,10 @@ export class Leg {
   refused?: Outcome;
   /** Recipients the destination accepted at RCPT. */
   readonly recipients: string[] = [];
-  /** The destination's reply to DATA (or how the session was lost), as the record shows it. */
+  /** The destination's reply to DATA, as it gave it. */
   data?: string;
+  /** How the session was lost during delivery, when it was. */
+  lost?: string;
   /** The playbook on the destination's refusal of the session, MAIL FROM or DATA. */
   explanation?: Explanation;
   /** What the destination's provider profile concluded of the message (auth/profile.ts). */
@@ -141,8 +143,10 @@ export class Leg {
       for (const address of recipients) results.push({ address, outcome, remoteMta: who, data });
     } catch (err) {
       this.#broken = true;
-      const outcome = failure('temporary', 451, '4.4.2', `${who}: connection lost during delivery (${err instanceof UpstreamError ? err.kind : 'error'}: ${(err as Error).message})`);
-      this.data = formatReply(outcome.reply);
+      const lost = `${who}: connection lost during delivery (${err instanceof UpstreamError ? err.kind : 'error'}: ${(err as Error).message})`;
+      const outcome = failure('temporary', 451, '4.4.2', lost);
+      // No reply came: the record says what happened instead of naming one (`lost`).
+      this.lost = lost;
       // Whoever has no result yet (the session may have died in the middle of the RCPTs) is deferred.
       for (const address of pending) if (!results.some((r) => r.address === address)) results.push({ address, outcome, remoteMta: who });
     }

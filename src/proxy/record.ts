@@ -56,6 +56,7 @@ export interface LegFacts {
   lease?: UpstreamLease;
   data?: string;
   refused?: Outcome;
+  lost?: string;
   explanation?: Explanation;
   profile?: ProfileVerdict;
 }
@@ -81,7 +82,7 @@ export interface TransactionFacts {
 
 /** The one `transaction` record (README, "Logs"): everything an admin needs to act on it. */
 export function transactionRecord(facts: TransactionFacts): Record<string, unknown> {
-  const upstream = facts.legs.map(({ destination, connected, lease, data, refused, explanation, profile }) => ({
+  const upstream = facts.legs.map(({ destination, connected, lease, data, lost, refused, explanation, profile }) => ({
     destination: destination.key,
     mxHost: connected?.mxHost,
     mxIp: connected?.mxIp,
@@ -100,6 +101,7 @@ export function transactionRecord(facts: TransactionFacts): Record<string, unkno
     profile: profile && { ...profile, outcome: undefined, reply: profile.outcome && formatReply(profile.outcome.reply) },
     // The destination's reply to DATA as it gave it; why no recipient could go this way.
     data,
+    lost,
     unusable: refused && refused.kind !== 'accepted' ? refused.cause : undefined,
     ...explanation,
   }));
@@ -142,6 +144,8 @@ export interface Refusal {
   user?: string;
   sender?: string;
   spf?: SpfVerdict;
+  /** A client the relay serves (a trusted network or an authenticated user): its refusals are each a record. */
+  trusted?: boolean;
 }
 
 /** How long one address's refusals count as one flood. */
@@ -165,6 +169,11 @@ export class RefusalLog {
   }
 
   refused(refusal: Refusal): void {
+    // An internal server's refusals concern its users' mail, each one different: never summarised.
+    if (refusal.trusted) {
+      this.#logger.info(refusal, 'refused');
+      return;
+    }
     const window = this.#windows.get(refusal.client);
     if (window && window.until > Date.now()) {
       window.count++;

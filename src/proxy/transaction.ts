@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import {
   checkSender,
   isBulk,
@@ -115,7 +116,8 @@ export class Transaction {
       // RFC 5321 §3.3: a repeated recipient is accepted once; forwarding it again could deliver twice.
       return { kind: 'accepted', reply: { code: 250, enhanced: '2.1.5', lines: [`<${address}> is already a recipient of this message`] } };
     }
-    const record: RecipientRecord = { address, result: 'refused' };
+    // Deferred until the destination says otherwise: a fault of the relay is answered 451.
+    const record: RecipientRecord = { address, result: 'deferred' };
     this.#recipients.push(record);
     this.#unanswered = record;
     const outcome = await this.#forwardRecipient(address, record);
@@ -131,8 +133,11 @@ export class Transaction {
     if (!leg) {
       leg = await Leg.open(destination, { id: this.id, sender: this.#sender, params: this.#params, egress: this.#egress, ctx: this.#ctx });
       this.#legs.set(destination.key, leg);
-      // The client left while this session was being opened.
-      if (this.#closed) void leg.finish();
+      // The client left while this session was being opened: it goes back to the pool unused.
+      if (this.#closed) {
+        void leg.finish();
+        return failure('temporary', 451, '4.3.0', 'the transaction ended while the destination was being reached');
+      }
     }
     record.mx = leg.who;
     const { outcome, said } = await leg.rcpt(address);
@@ -200,7 +205,9 @@ export class Transaction {
       outcome = this.#own(await this.#deliverSpooled(message));
       return outcome;
     } catch (err) {
+      // The rest is drained before the answer: smtp-server writes it once the stream ended.
       stream.resume();
+      await finished(stream).catch(() => undefined);
       // smtp-server destroys the message stream when the client leaves in the middle of it.
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ECONNECTION' || code === 'ERR_STREAM_PREMATURE_CLOSE') {
