@@ -8,6 +8,8 @@ set -euo pipefail
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v redis-server >/dev/null || missing+=(redis-server)
+# systemd-analyze checks the shipped unit (deploy/systemd).
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null; } || missing+=(python3-dkim python3-nacl)
 [ -f /usr/share/doc/python3-spf/rfc7208-tests.yml.gz ] || missing+=(python3-spf)
 [ ${#missing[@]} -eq 0 ] && exit 0
