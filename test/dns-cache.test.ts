@@ -6,30 +6,16 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { parseConfig } from '../src/config/index.ts';
-import { createResolver, type Resolver } from '../src/dns/index.ts';
-import { createLogger } from '../src/observability/index.ts';
 import { makeKey } from './harness/dkim.ts';
 import { DnsServer } from './harness/dns-server.ts';
 import { RelayProcess } from './harness/process.ts';
 import { RedisServer } from './harness/redis.ts';
 import { send } from './harness/send.ts';
 import { Internet, LogCapture, message, World } from './harness/world.ts';
+import { resolverFor, untilWritten } from './harness/resolver.ts';
 
 const OUTAGE = 'DNS cache: Redis unavailable, carrying on without it until it is back';
 
-/** A resolver as the relay builds it from its `dns` section, against `server`. */
-async function resolverFor(server: DnsServer, cache: Record<string, unknown> = {}, logs = new LogCapture()): Promise<Resolver> {
-  const config = parseConfig({ egress: [{ ip: '127.0.0.2' }], dns: { servers: [server.address], timeout: '300ms', tries: 1, cache } });
-  const resolver = createResolver(config.dns, createLogger('info', logs));
-  await resolver.ready();
-  return resolver;
-}
-
-/** The shared level is written behind the answer: wait until Redis holds what a replica should find. */
-async function until(exists: () => Promise<number>): Promise<void> {
-  while ((await exists()) === 0) await new Promise((resolve) => setImmediate(resolve));
-}
 
 async function outcome(promise: Promise<unknown>): Promise<unknown> {
   try {
@@ -98,7 +84,7 @@ describe('DNS answers, cached or not, are what node gives', () => {
         const expected = await outcome(node.resolve(name, type));
         assert.deepEqual(await outcome(relay.resolve(name, type)), expected, `${type} ${name} uncached`);
         const key = `hygiene-relay:dns:v1:${type}:${name.toLowerCase().replace(/\.$/, '')}`;
-        if (!('error' in (expected as object)) || /ENOTFOUND|ENODATA/.test(JSON.stringify(expected))) await until(() => shared.exists(key));
+        if (!('error' in (expected as object)) || /ENOTFOUND|ENODATA/.test(JSON.stringify(expected))) await untilWritten(() => shared.exists(key));
         assert.deepEqual(await outcome(relay.resolve(name, type)), expected, `${type} ${name} from the in-process cache`);
         assert.deepEqual(await outcome(replica.resolve(name, type)), expected, `${type} ${name} from Redis`);
       }

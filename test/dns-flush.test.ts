@@ -4,27 +4,14 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
-import { parseConfig } from '../src/config/index.ts';
-import { createResolver, type Resolver } from '../src/dns/index.ts';
-import { createLogger } from '../src/observability/index.ts';
 import { makeKey } from './harness/dkim.ts';
 import { DnsServer } from './harness/dns-server.ts';
 import { RelayProcess, runCli } from './harness/process.ts';
 import { RedisServer } from './harness/redis.ts';
 import { send } from './harness/send.ts';
 import { Internet, LogCapture, message } from './harness/world.ts';
+import { resolverFor, untilWritten } from './harness/resolver.ts';
 
-async function resolverFor(server: DnsServer, cache: Record<string, unknown>, logs: LogCapture): Promise<Resolver> {
-  const config = parseConfig({ egress: [{ ip: '127.0.0.2' }], dns: { servers: [server.address], timeout: '300ms', tries: 1, cache } });
-  const resolver = createResolver(config.dns, createLogger('info', logs));
-  await resolver.ready();
-  return resolver;
-}
-
-/** The shared level is written behind the answer: wait until Redis holds it. */
-async function until(exists: () => Promise<number>): Promise<void> {
-  while ((await exists()) === 0) await new Promise((resolve) => setImmediate(resolve));
-}
 
 describe('fresh lookups and flushing the DNS cache', () => {
   let dns: DnsServer;
@@ -44,7 +31,7 @@ describe('fresh lookups and flushing the DNS cache', () => {
     const shared = new Redis(redis.port, '127.0.0.1');
     try {
       assert.deepEqual(await resolver.resolve('fixed.test', 'TXT'), [['v=spf1 -all']]);
-      await until(() => shared.exists('hygiene-relay:dns:v1:TXT:fixed.test'));
+      await untilWritten(() => shared.exists('hygiene-relay:dns:v1:TXT:fixed.test'));
       dns.set('fixed.test', [{ type: 'TXT', data: 'v=spf1 ip4:127.0.0.2 -all' }]);
       dns.resetLog();
       assert.deepEqual(await resolver.resolve('fixed.test', 'TXT'), [['v=spf1 -all']], 'cached');
@@ -76,7 +63,7 @@ describe('fresh lookups and flushing the DNS cache', () => {
       await shared.set('someone-else:key', 'kept');
       await resolver.resolve('one.test', 'A');
       await resolver.resolve('two.test', 'MX');
-      await until(() => shared.exists('hygiene-relay:dns:v1:A:one.test', 'hygiene-relay:dns:v1:MX:two.test').then((n) => (n === 2 ? 1 : 0)));
+      await untilWritten(() => shared.exists('hygiene-relay:dns:v1:A:one.test', 'hygiene-relay:dns:v1:MX:two.test').then((n) => (n === 2 ? 1 : 0)));
       const dropped = await resolver.flush();
       assert.ok(dropped.memory >= 2, JSON.stringify(dropped));
       assert.ok(dropped.redis !== undefined && dropped.redis >= 2, JSON.stringify(dropped));
@@ -106,7 +93,7 @@ describe('fresh lookups and flushing the DNS cache', () => {
       const direct = nodes.map((node) => new Redis(node.port, '127.0.0.1'));
       const stored = async () => (await Promise.all(direct.map((client) => client.keys('hygiene-relay:dns:v1:*')))).flat().length;
       try {
-        await until(async () => ((await stored()) === names.length ? 1 : 0));
+        await untilWritten(async () => ((await stored()) === names.length ? 1 : 0));
         const perNode = await Promise.all(direct.map((client) => client.keys('hygiene-relay:dns:v1:*')));
         assert.ok(perNode.filter((keys) => keys.length > 0).length > 1, 'the entries are spread over several masters');
         const dropped = await resolver.flush();

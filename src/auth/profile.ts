@@ -21,9 +21,9 @@ export interface Sending {
   tls: boolean;
 }
 
-export type ProfileCheck = 'authentication' | 'dmarc' | 'unsubscribe' | 'ptr' | 'tls';
+type ProfileCheck = 'authentication' | 'dmarc' | 'unsubscribe' | 'ptr' | 'tls';
 
-export interface ProfileFailure {
+interface ProfileFailure {
   check: ProfileCheck;
   /** A few words for the record ("unauthenticated"). */
   label: string;
@@ -40,7 +40,7 @@ function dmarcRecord(domain: string): string {
  * Which of a profile's requirements the message would fail at that destination, each with
  * what to fix. `who` names the destination's provider in the reasons.
  */
-export function judgeProfile(requires: Requirements, sending: Sending, who: string): ProfileFailure[] {
+function judgeProfile(requires: Requirements, sending: Sending, who: string): ProfileFailure[] {
   const { prediction, author, egressIp } = sending;
   const failures: ProfileFailure[] = [];
   const spfPass = prediction.spf.result === 'pass';

@@ -132,7 +132,7 @@ export function transactionRecord(facts: TransactionFacts): Record<string, unkno
 }
 
 /** A refusal outside a transaction record: a connection, AUTH, MAIL FROM, a command out of place. */
-export interface Refusal {
+export interface RefusalFacts {
   /** The client's address. */
   client: string;
   /** Where in the session: connect, AUTH, MAIL FROM, RCPT TO, or the command smtp-server refused. */
@@ -159,7 +159,7 @@ const FLOOD_WINDOW_MS = 60_000;
  */
 export class RefusalLog {
   readonly #logger: Logger;
-  readonly #windows: LRUCache<string, { until: number; count: number; last: Refusal }>;
+  readonly #windows: LRUCache<string, { until: number; count: number; last: RefusalFacts }>;
   readonly #timer: NodeJS.Timeout;
 
   constructor(logger: Logger, maxAddresses = 10_000) {
@@ -168,7 +168,7 @@ export class RefusalLog {
     this.#timer = setInterval(() => this.#expire(), FLOOD_WINDOW_MS / 4).unref();
   }
 
-  refused(refusal: Refusal): void {
+  refused(refusal: RefusalFacts): void {
     // An internal server's refusals concern its users' mail, each one different: never summarised.
     if (refusal.trusted) {
       this.#logger.info(refusal, 'refused');
@@ -196,7 +196,7 @@ export class RefusalLog {
     for (const [client, window] of this.#windows.entries()) if (window.until <= now) this.#windows.delete(client);
   }
 
-  #summarise(client: string, window: { until: number; count: number; last: Refusal }): void {
+  #summarise(client: string, window: { until: number; count: number; last: RefusalFacts }): void {
     if (window.count === 0) return;
     this.#logger.info({ client, count: window.count, seconds: FLOOD_WINDOW_MS / 1000, last: window.last }, 'refused repeatedly');
   }
