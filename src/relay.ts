@@ -28,7 +28,7 @@ export interface Relay {
 }
 
 // Read once at start (sockets, resolver, Redis connection, logger): a reload cannot change them.
-const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log', 'control'] as const;
+const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log', 'control', 'http'] as const;
 const RESTART_ONLY_DELIVERY = ['redis'] as const;
 const RESTART_ONLY_LIMITS = ['maxMessageSize', 'maxClients', 'clientTimeout'] as const;
 

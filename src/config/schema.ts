@@ -378,6 +378,23 @@ export const configSchema = z.strictObject({
       format: z.enum(['json', 'pretty', 'line']).default('json'),
     })
     .prefault({}),
+  /** Prometheus metrics (/metrics) and the probes (/healthz, /readyz), off the SMTP ports; null: no HTTP port. */
+  http: z
+    .strictObject({ host: z.string().min(1).default('0.0.0.0'), port: z.number().int().min(0).max(65535).default(9090) })
+    .nullable()
+    .prefault({}),
+  /** SIGTERM: how long transactions in flight may take to finish before the relay exits anyway. */
+  shutdownTimeout: duration.prefault('30s'),
+  /** What `hygiene-relay doctor` (and the same checks at start-up and on SIGHUP) looks at. */
+  doctor: z
+    .strictObject({
+      /**
+       * DNS blocklist zones the egress addresses are looked up in; each answer's meaning comes
+       * from src/doctor/blocklists.yaml when the zone is listed there.
+       */
+      blocklists: z.array(domain).default(['zen.spamhaus.org', 'b.barracudacentral.org', 'bl.spamcop.net']),
+    })
+    .prefault({}),
   /** What `hygiene-relay dns flush` talks to: a Unix socket (mode 0600) in the running relay; null: none. */
   control: z
     .strictObject({ socket: z.string().min(1).nullable().default('/run/hygiene-relay/control.sock') })
