@@ -1,6 +1,6 @@
 import addressparser from 'nodemailer/lib/addressparser';
 import { signHeaders, type KeyRing, type Signature, type SigningKey } from '../auth/index.ts';
-import type { HeaderSection } from '../message/index.ts';
+import { MAX_LINE, type HeaderSection, type Malformation } from '../message/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo } from './context.ts';
 import { authorDomain, derivedMessageId, rfc5322Date } from './headers.ts';
@@ -10,6 +10,25 @@ export function senderDomainAllowed(allowed: string[] | undefined, domain: strin
   if (!allowed) return true;
   const lower = domain.toLowerCase();
   return allowed.some((d) => lower === d || lower.endsWith(`.${d}`));
+}
+
+/**
+ * The refusal of a malformed message (message/malformed.ts): what is wrong, where, and the
+ * fix, and never the offending bytes. A field name is the client's text too: it is quoted,
+ * and the reply layer (smtp/reply.ts `printable`) escapes any octet in it beyond ASCII.
+ */
+export function malformedRefusal({ problem, where, octets }: Malformation): Outcome {
+  const place = where === 'body' ? 'the body' : where.field ? `header field "${where.field}"` : `header line ${where.line} (no field name)`;
+  const text = {
+    nul: `${place} contains a NUL byte, which mail may not carry (RFC 5322 §2.2 and §3.5, RFC 2045 §2.8)`,
+    'long-line':
+      where === 'body'
+        ? `the body has a line longer than ${MAX_LINE} octets (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6); an MTA after the relay would break it and the DKIM signature with it: send that part quoted-printable or base64`
+        : `${place} has a line of ${octets} octets; RFC 5322 §2.1.1 allows at most ${MAX_LINE}: fold it`,
+    '8bit': `${place} contains 8-bit bytes but the client did not use SMTPUTF8 (RFC 6532): use SMTPUTF8 or RFC 2047 encoded-words`,
+    'invalid-utf8': `${place} is not valid UTF-8, which SMTPUTF8 requires (RFC 6532 §3.2)`,
+  }[problem];
+  return failure('permanent', 550, '5.6.0', text);
 }
 
 /**

@@ -17,9 +17,9 @@ import type { Logger } from '../observability/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
-import { HeaderSection, HeaderSplitter } from '../message/index.ts';
+import { BodyScan, HeaderSection, HeaderSplitter, headerMalformation } from '../message/index.ts';
 import { authorDomain, receivedHeader } from './headers.ts';
-import { applyHygiene, checkFrom, sign } from './hygiene.ts';
+import { applyHygiene, checkFrom, malformedRefusal, sign } from './hygiene.ts';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
 import { runPreflight } from './preflight-run.ts';
@@ -164,7 +164,11 @@ export class Transaction {
     let messageId: string | undefined;
     let dkim: Signature[] | string | undefined;
     const bodyHash = new RelaxedBodyHash();
-    const splitter = new HeaderSplitter((chunk) => bodyHash.update(chunk));
+    const bodyScan = new BodyScan();
+    const splitter = new HeaderSplitter((chunk) => {
+      bodyHash.update(chunk);
+      bodyScan.push(chunk);
+    });
     try {
       for await (const chunk of stream) {
         // Past the size limit the rest is only drained: it will be refused anyway.
@@ -184,6 +188,13 @@ export class Transaction {
       // Parsed once: the checks, hygiene, the record and the signer all read these fields.
       const original = HeaderSection.parse(splitter.header);
       messageId = original.value('message-id');
+      // Before anything reads the fields' values: a malformed message goes nowhere, and the
+      // reply names what is wrong without echoing it.
+      const malformed = headerMalformation(original, this.#params.smtputf8 === true) ?? bodyScan.malformation;
+      if (malformed) {
+        outcome = this.#own(malformedRefusal(malformed));
+        return outcome;
+      }
       const checked = checkFrom(original, this.#client);
       if ('refused' in checked) {
         outcome = this.#own(checked.refused);

@@ -1,4 +1,4 @@
-import type { Reply } from './reply.ts';
+import { printable, type Reply } from './reply.ts';
 
 /** A destination's own refusal behind an outcome, and the MX host that gave it: what the reply playbook reads. */
 export interface Said {
@@ -41,39 +41,40 @@ export interface SmtpReplyError extends Error {
 }
 
 export function toSmtpError(reply: Reply): SmtpReplyError {
-  const text = [enhancedOf(reply), reply.lines.join(' ')].filter(Boolean).join(' ');
+  const text = printable([enhancedOf(reply), reply.lines.join(' ')].filter(Boolean).join(' '));
   return Object.assign(new Error(text), { responseCode: reply.code });
 }
 
 // RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its code and CRLF. Text is
-// wrapped near 400, leaving room for "550-5.7.26 " and for octets beyond ASCII.
+// wrapped at 400 (printable text is one octet a character), leaving room for "550-5.7.26 ".
 const LINE_TEXT = 400;
 const ENHANCED_TEXT = /^([245]\.\d{1,3}\.\d{1,3}) (.*)$/s;
 
 /**
- * Reply text (`5.7.26 …`, the enhanced code first) too long for one line, as the lines of a
- * multi-line reply (RFC 5321 §4.2.1), broken at spaces, each led by the enhanced code as
- * RFC 2034 §4 asks of every line; text that fits comes back as it is.
+ * Reply text (`5.7.26 …`, the enhanced code first), made printable, and when too long for one
+ * line, as the lines of a multi-line reply (RFC 5321 §4.2.1), broken at spaces, each led by
+ * the enhanced code as RFC 2034 §4 asks of every line. The relay's listeners write every reply
+ * text through this, so what it returns is all a client is ever sent.
  */
-export function wrapReplyText(text: string): string | string[] {
-  if (Buffer.byteLength(text) <= LINE_TEXT) return text;
+export function wrapReplyText(raw: string): string | string[] {
+  const text = printable(raw);
+  if (text.length <= LINE_TEXT) return text;
   const [, enhanced, rest] = ENHANCED_TEXT.exec(text) ?? [undefined, undefined, text];
   const lines: string[] = [];
   let line = '';
   for (const word of rest.split(' ')) {
     // A word longer than a line (a long record) is cut where the line is full.
     for (let piece = word; piece; ) {
-      const room = LINE_TEXT - Buffer.byteLength(line) - (line ? 1 : 0);
-      if (Buffer.byteLength(piece) <= room) {
+      const room = LINE_TEXT - line.length - (line ? 1 : 0);
+      if (piece.length <= room) {
         line = line ? `${line} ${piece}` : piece;
         piece = '';
       } else if (line) {
         lines.push(line);
         line = '';
       } else {
-        const cut = Buffer.from(piece).subarray(0, LINE_TEXT).toString().replace(/\uFFFD$/, '');
-        lines.push(cut);
-        piece = piece.slice(cut.length);
+        lines.push(piece.slice(0, LINE_TEXT));
+        piece = piece.slice(LINE_TEXT);
       }
     }
   }

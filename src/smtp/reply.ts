@@ -7,6 +7,29 @@ export interface Reply {
   lines: string[];
 }
 
+// RFC 5321 §4.2: reply text is printable US-ASCII. HT, which its textstring also allows, is
+// escaped too, so that every octet a reply carries is one a terminal or a log shows as itself.
+const UNPRINTABLE = /[^\x20-\x7e]/gu;
+// The typography of the relay's own reply texts ("RFC 7208 §4.6.4", "<https://…>"), spelled in ASCII.
+const SPELLED: Record<string, string> = { '§': 'section ', '…': '...', '→': '->', '—': '-', '–': '-', '‘': "'", '’': "'", '“': '"', '”': '"' };
+
+/**
+ * Text as a reply may carry it: the relay's own typography spelled in ASCII, and any other
+ * character outside printable US-ASCII written as an escape, `\xNN` up to U+00FF (a raw octet,
+ * as header bytes are read one character each) and `\u{N…}` beyond. Whatever a client or a
+ * destination sent (a NUL, a CR LF that would start a reply of its own, 8-bit bytes) can then
+ * reach a reply only as visible ASCII.
+ */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => {
+    const spelled = SPELLED[c];
+    if (spelled !== undefined) return spelled;
+    const point = c.codePointAt(0)!;
+    const hex = point.toString(16).toUpperCase();
+    return point <= 0xff ? `\\x${hex.padStart(2, '0')}` : `\\u{${hex}}`;
+  });
+}
+
 /** `550 5.1.1 text…` on one line, as a log field or part of another reply. */
 export function formatReply(reply: Reply): string {
   return [String(reply.code), reply.enhanced, reply.lines.join(' ')].filter(Boolean).join(' ');
