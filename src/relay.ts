@@ -4,14 +4,20 @@ import type { Config } from './config/index.ts';
 import { MtaSts, Playbook, Providers, Shaper, SharedPolicyCache, UpstreamPool } from './delivery/index.ts';
 import { createResolver, type CacheCount, type FlushCount } from './dns/index.ts';
 import { EgressPool } from './identity/index.ts';
-import { Inbound } from './inbound/index.ts';
-import type { Logger } from './observability/index.ts';
+import { Inbound, type Drained } from './inbound/index.ts';
+import { HttpServer, type Logger, type Readiness } from './observability/index.ts';
 import { createMemo, type RelayContext } from './proxy/index.ts';
-import { connectShared } from './redis/index.ts';
+import { connectShared, storesDown } from './redis/index.ts';
 
 export interface Relay {
-  /** The SMTP ports actually bound, in listener order (port 0 in the config picks a free one). */
+  /** The SMTP ports bound at start, in listener order (port 0 in the config picks a free one); one still retrying is absent. */
   ports: number[];
+  /** The port of /metrics, /healthz and /readyz; undefined with `http: null`. */
+  httpPort: number | undefined;
+  /** What /readyz answers. */
+  readiness(): Readiness;
+  /** The drain's deadline, in milliseconds, as the running configuration says. */
+  readonly shutdownTimeout: number;
   egress: EgressPool;
   /** DNS cache hits and misses per level and record type, for the metrics endpoint. */
   dnsCounts(): CacheCount[];
@@ -24,7 +30,12 @@ export interface Relay {
    * when a key, a provider or a playbook row cannot be used. Returns the sections that only a restart applies.
    */
   reload(config: Config): string[];
-  close(): Promise<void>;
+  /**
+   * Drains (SIGTERM): unready at once, no new connections, idle sessions ended now and the
+   * others after their transaction, those still open at `shutdownTimeout` cut; then upstream
+   * sessions, Redis and the HTTP port are closed.
+   */
+  close(): Promise<Drained>;
 }
 
 // Read once at start (sockets, resolver, Redis connection, logger): a reload cannot change them.
@@ -80,7 +91,17 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
   const mtaSts = new MtaSts({ resolve, ca: options.upstreamTls?.ca, port: options.mtaStsPort, cache: shared && new SharedPolicyCache(shared) });
   let ctx: RelayContext = { config, resolve, freshResolve: resolver.fresh, memo, keys, logger, playbook, upstreamTls: options.upstreamTls, upstreams, shaper, mtaSts };
   const inbound = new Inbound(ctx, egress);
+  let started = false;
+  const readiness = (): Readiness => {
+    const problems = [...inbound.unbound];
+    if (!started) problems.push('starting');
+    if (inbound.draining) problems.push('draining: finishing the transactions in flight before exit');
+    if (started && !egress.select()) problems.push('no usable egress identity (strict, or IPv6 only): MAIL FROM is answered 451 4.3.5');
+    return { problems, degraded: storesDown().map((what) => `${what}: Redis unavailable, carrying on without it`) };
+  };
+  let http: HttpServer | undefined;
   const stop = async () => {
+    await http?.close();
     egress.stop();
     await upstreams.close();
     await memo.close();
@@ -89,9 +110,12 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
     shared?.close();
   };
   try {
+    // First: /readyz answers (unready) while the rest starts and while a listener waits for its address.
+    if (config.http) http = await HttpServer.listen(config.http, readiness, logger);
     await Promise.all([resolver.ready(), memo.ready(), shared?.ready]);
     await egress.start();
     await inbound.listen();
+    started = true;
   } catch (err) {
     // Nothing may stay behind (Redis reconnecting, timers) when start-up fails.
     await stop();
@@ -99,6 +123,11 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
   }
   return {
     ports: inbound.listening.map((l) => l.port),
+    httpPort: http?.port,
+    readiness,
+    get shutdownTimeout() {
+      return ctx.config.shutdownTimeout;
+    },
     egress,
     dnsCounts: () => resolver.counts(),
     flushDns: () => resolver.flush(),
@@ -113,8 +142,9 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
       return pending;
     },
     async close() {
-      await inbound.close();
+      const drained = await inbound.drain(ctx.config.shutdownTimeout);
       await stop();
+      return drained;
     },
   };
 }

@@ -40,7 +40,7 @@ export async function start(args: string[]): Promise<void> {
   }
   // Listening before "relay started": from that record on, `dns flush` reaches this relay.
   const control = config.control.socket ? await ControlServer.listen(config.control.socket, { 'dns flush': async () => flushAnswer(await relay.flushDns()) }, logger) : undefined;
-  logger.info({ ports: relay.ports, config: file }, 'relay started');
+  logger.info({ ports: relay.ports, httpPort: relay.httpPort, config: file }, 'relay started');
   // SIGHUP: key rotation and config changes without a restart; a broken file changes nothing.
   process.on('SIGHUP', () => {
     try {
@@ -55,9 +55,11 @@ export async function start(args: string[]): Promise<void> {
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'stopping: no new connections, finishing transactions in flight');
-    void Promise.all([control?.close(), relay.close()]).then(() => {
-      logger.info('stopped');
+    logger.info({ signal, shutdownTimeout: `${relay.shutdownTimeout / 1000}s` }, 'draining: no new connections, idle sessions closed, transactions in flight finishing');
+    void Promise.all([control?.close(), relay.close()]).then(([, drained]) => {
+      // Cut sessions had a transaction in flight: their clients got no 250 and retry.
+      if (drained.cut) logger.warn({ idleClosed: drained.idle, cut: drained.cut }, 'stopped: sessions still open at shutdownTimeout were cut');
+      else logger.info({ idleClosed: drained.idle }, 'stopped');
       logger.flush();
       process.exit(0);
     });

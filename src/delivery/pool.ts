@@ -3,6 +3,7 @@ import type { ConnectionOptions } from 'node:tls';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import type { Egress } from '../identity/index.ts';
+import { Counter, Gauge, Histogram, METRIC_PREFIX, SECONDS_BUCKETS } from '../observability/index.ts';
 import { formatReply, saidOf, type Outcome, type Reply } from '../smtp/index.ts';
 import type { MessageSource } from '../upstream/index.ts';
 import { connectDestination, type Connected } from './connect.ts';
@@ -10,6 +11,31 @@ import type { Destination } from './destination.ts';
 import type { Playbook } from './playbook.ts';
 import type { ProviderConfig } from './providers.ts';
 import type { SessionSlot, Shaper } from './shaping.ts';
+
+/** Every upstream session of the process that is open (leased or idle), and when it opened. */
+const live = new Map<Connected, number>();
+
+new Gauge({
+  name: `${METRIC_PREFIX}upstream_sessions`,
+  help: 'Upstream SMTP sessions open now, carrying a transaction or idle in the pool',
+  collect() {
+    this.set(live.size);
+  },
+});
+const opened = new Counter({
+  name: `${METRIC_PREFIX}upstream_sessions_opened_total`,
+  help: 'Upstream SMTP sessions opened, by TLS state: verified (certificate valid for the MX name), unverified (encrypted only), none (plaintext)',
+  labelNames: ['tls'],
+});
+const reuses = new Counter({
+  name: `${METRIC_PREFIX}upstream_sessions_reused_total`,
+  help: 'Transactions carried by an idle upstream session instead of a new one',
+});
+const sessionSeconds = new Histogram({
+  name: `${METRIC_PREFIX}upstream_session_seconds`,
+  help: 'How long upstream sessions stayed open, from connecting to QUIT or loss',
+  buckets: SECONDS_BUCKETS,
+});
 
 /** How long an idle session may take to answer the RSET that checks it before reuse. */
 const HEALTH_CHECK_MS = 10_000;
@@ -91,7 +117,10 @@ export class UpstreamPool {
     let slot: SessionSlot | undefined;
     for (let pollMs = 25; ; pollMs = Math.min(pollMs * 2, 500)) {
       const idle = await this.#checkout(key);
-      if (idle) return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, { provider, playbook, egressIp: egress.ip }, true, delivery);
+      if (idle) {
+        reuses.inc();
+        return this.#lease(key, idle.connected, { slot: idle.slot, shapingKey }, { provider, playbook, egressIp: egress.ip }, true, delivery);
+      }
       if (!provider) break;
       const granted = await this.#shaper.trySession(provider, egress.ip);
       if ('release' in granted) {
@@ -118,6 +147,9 @@ export class UpstreamPool {
       }
       return connected;
     }
+    live.set(connected, Date.now());
+    const tls = connected.session.tls;
+    opened.inc({ tls: tls ? (tls.authorized ? 'verified' : 'unverified') : 'none' });
     return this.#lease(key, connected, { slot, shapingKey }, { provider, playbook, egressIp: egress.ip }, false, delivery);
   }
 
@@ -265,6 +297,11 @@ export class UpstreamPool {
   async #end(connected: Connected, slot: SessionSlot | undefined, timer?: NodeJS.Timeout): Promise<void> {
     if (timer) clearTimeout(timer);
     this.#free(slot);
+    const since = live.get(connected);
+    if (since !== undefined) {
+      live.delete(connected);
+      sessionSeconds.observe((Date.now() - since) / 1000);
+    }
     if (!connected.session.closed) await connected.session.quit().catch(() => {});
   }
 }

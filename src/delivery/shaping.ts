@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
-import type { Logger } from '../observability/index.ts';
+import { Counter, Gauge, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { SharedStore } from '../redis/index.ts';
 import type { ProviderConfig } from './providers.ts';
@@ -59,6 +59,31 @@ export interface SessionSlot {
  * come back one at a time (Gmail's published advice for 421-4.7.28). The client hears
  * `451 4.7.0` before anything reaches the provider.
  */
+const limited = new Counter({
+  name: `${METRIC_PREFIX}shaping_limited_total`,
+  help: "Messages and sessions held back by a provider's limits, by provider and limit: paused (it asked the relay to slow down), rate (messages a minute), sessions (concurrent sessions)",
+  labelNames: ['provider', 'limit'],
+});
+const shapers = new Set<Shaper>();
+new Gauge({
+  name: `${METRIC_PREFIX}shaping_pauses`,
+  help: 'Pauses in force now, per provider: egress addresses from which delivery to it waits out its back-off',
+  labelNames: ['provider'],
+  collect() {
+    this.reset();
+    const now = Date.now();
+    const paused = new Map<string, Set<string>>();
+    for (const shaper of shapers) {
+      for (const [key, pause] of shaper.pauses()) {
+        if (pause.until <= now) continue;
+        const provider = key.slice(0, key.indexOf(':'));
+        paused.set(provider, (paused.get(provider) ?? new Set()).add(key));
+      }
+    }
+    for (const [provider, keys] of paused) this.set({ provider }, keys.size);
+  },
+});
+
 export class Shaper {
   #shared: SharedStore | undefined;
   #logger: Logger;
@@ -76,10 +101,18 @@ export class Shaper {
     this.#shared = options.shared;
     this.#logger = options.logger.child({ component: 'shaping' });
     this.#renewal = setInterval(() => void this.#renew(), LEASE_MS / 3).unref();
+    shapers.add(this);
   }
 
   close(): void {
     clearInterval(this.#renewal);
+    shapers.delete(this);
+  }
+
+  /** The pauses this process set or last saw in Redis, by `provider:egress`. */
+  *pauses(): Iterable<[string, Pause]> {
+    yield* this.#pauses;
+    yield* this.#seen;
   }
 
   /** Before a message is forwarded: refused while the provider is paused or over its rate. */
@@ -87,6 +120,7 @@ export class Shaper {
     const key = `${provider.name}:${egressIp}`;
     const pause = await this.#pause(key);
     if (pause && pause.until > Date.now()) {
+      limited.inc({ provider: provider.name, limit: 'paused' });
       return failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} is paused until ${new Date(pause.until).toISOString()} because ${provider.name} asked the relay to slow down; try again later`);
     }
     try {
@@ -95,6 +129,7 @@ export class Shaper {
     } catch (err) {
       if (!(err instanceof RateLimiterRes)) throw err;
       const seconds = Math.ceil(err.msBeforeNext / 1000);
+      limited.inc({ provider: provider.name, limit: 'rate' });
       return failure('temporary', 451, '4.7.0', `${provider.name} takes at most ${provider.messagesPerMinute} messages a minute from ${egressIp}; that is reached, try again in ${seconds} s`);
     }
   }
@@ -105,6 +140,7 @@ export class Shaper {
     const limit = await this.#sessionLimit(provider, key);
     const slot = limit > 0 ? await this.#acquire(key, limit) : undefined;
     if (slot) return slot;
+    limited.inc({ provider: provider.name, limit: limit === 0 ? 'paused' : 'sessions' });
     const why = limit === 0 ? 'is paused' : `already has ${limit} session${limit === 1 ? '' : 's'} open`;
     return { refused: failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} ${why}; try again later`), paused: limit === 0 };
   }

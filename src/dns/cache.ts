@@ -1,7 +1,7 @@
 import { Cluster } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import { z } from 'zod';
-import type { Logger } from '../observability/index.ts';
+import { Counter, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 import type { SharedStore } from '../redis/index.ts';
 import { DnsLookupError, lookup, type CachedType, type RecordValue, type WireOptions } from './wire.ts';
 
@@ -25,6 +25,12 @@ export interface FlushCount {
   /** Why the shared level was not flushed, when it was configured but unreachable. */
   redisError?: string;
 }
+
+const lookups = new Counter({
+  name: `${METRIC_PREFIX}dns_cache_lookups_total`,
+  help: 'DNS questions answered from a cache level (hit) or passed on from it (miss), by level (memory, redis) and record type',
+  labelNames: ['level', 'type', 'result'],
+});
 
 /** One counter: the labels a metrics exporter needs, and the count. */
 export interface CacheCount {
@@ -177,6 +183,7 @@ export class DnsCache {
   }
 
   #count(level: CacheLevel, rrtype: string, result: 'hit' | 'miss') {
+    lookups.inc({ level, type: rrtype, result });
     const key = `${level}|${rrtype}|${result}`;
     const count = this.#counts.get(key);
     if (count) count.count++;

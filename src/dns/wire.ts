@@ -3,6 +3,7 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import dnsPacket from 'dns-packet';
 import type { Answer, OptAnswer, Packet } from 'dns-packet';
+import { Histogram, METRIC_PREFIX, SECONDS_BUCKETS } from '../observability/index.ts';
 
 /**
  * A stub resolver speaking the DNS wire protocol to the configured servers.
@@ -230,7 +231,26 @@ function extract(reply: Packet, name: string, type: CachedType): WireAnswer {
  * Asks each server in turn, `tries` rounds, until one gives an answer or a definite
  * negative; the last error otherwise (ETIMEOUT, ESERVFAIL…), as node's resolver would.
  */
+const lookupSeconds = new Histogram({
+  name: `${METRIC_PREFIX}dns_lookup_seconds`,
+  help: 'DNS questions sent to the configured servers (cache misses and fresh lookups), by record type and result (an answer, NXDOMAIN/NODATA, or an error code)',
+  labelNames: ['type', 'result'],
+  buckets: SECONDS_BUCKETS,
+});
+
 export async function lookup(name: string, type: CachedType, options: WireOptions): Promise<WireAnswer> {
+  const end = lookupSeconds.startTimer({ type });
+  try {
+    const answer = await ask(name, type, options);
+    end({ result: 'answer' });
+    return answer;
+  } catch (err) {
+    end({ result: err instanceof DnsLookupError ? err.code : 'error' });
+    throw err;
+  }
+}
+
+async function ask(name: string, type: CachedType, options: WireOptions): Promise<WireAnswer> {
   // A name no server could be asked about (an SPF include from an untrusted record): at once.
   if (!validName(canonicalName(name))) throw new DnsLookupError('EBADNAME', name, type);
   const query = question(name, type);

@@ -2,7 +2,7 @@ import net from 'node:net';
 import type { Config, EgressConfig } from '../config/index.ts';
 import { isTemporaryDnsError, type Resolve } from '../dns/index.ts';
 import { canonicalAddress, reverseName } from '../ip/index.ts';
-import type { Logger } from '../observability/index.ts';
+import { Gauge, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 
 /** What the relay knows of one egress address: what receivers will see and whether it holds up. */
 export interface Egress {
@@ -78,6 +78,16 @@ export class IdentityError extends Error {
   override name = 'IdentityError';
 }
 
+const identities = new Gauge({
+  name: `${METRIC_PREFIX}egress_identities`,
+  help: 'Configured egress identities by status at the last check: verified (PTR forward-confirms, HELO matches) or unverified',
+  labelNames: ['status'],
+});
+const usable = new Gauge({
+  name: `${METRIC_PREFIX}egress_usable`,
+  help: 'Whether a new transaction finds an egress identity it may use (0: MAIL FROM is answered 451 4.3.5)',
+});
+
 /**
  * The egress identities in use. Each is verified at start and again every `identityRecheck`;
  * in strict mode one that stops verifying is taken out of use until it verifies again.
@@ -136,6 +146,10 @@ export class EgressPool {
       }
     });
     this.#current = next;
+    const verified = next.filter((egress) => egress.verified).length;
+    identities.set({ status: 'verified' }, verified);
+    identities.set({ status: 'unverified' }, next.length - verified);
+    usable.set(this.select() ? 1 : 0);
   }
 
   /**

@@ -3,18 +3,57 @@ import { domainToASCII } from 'node:url';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import { readTlsFiles, type Config, type ListenerConfig } from '../config/index.ts';
 import type { EgressPool } from '../identity/index.ts';
-import type { Logger } from '../observability/index.ts';
+import { Counter, Gauge, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 import type { SpfVerdict } from '../auth/index.ts';
-import { RefusalLog, Transaction, senderDomainAllowed, type RelayContext } from '../proxy/index.ts';
+import { RefusalLog, Transaction, senderDomainAllowed, type PolicyReason, type RelayContext } from '../proxy/index.ts';
 import { failure, toSmtpError, type Outcome } from '../smtp/index.ts';
 import { ClientAuthorization } from './authorization.ts';
-import { adoptListener } from './smtp-server-fixes.ts';
+import { adoptListener, drainListener, type Drained } from './smtp-server-fixes.ts';
 
 export { hashPassword, verifyPassword } from './passwords.ts';
+export type { Drained } from './smtp-server-fixes.ts';
 
 type Callback = (err?: Error | null) => void;
 
 const MAX_AUTH_FAILURES = 3;
+
+/** A listener whose address is taken (the old process still draining) or not yet on the host is tried again this often. */
+const BIND_RETRY_MS = 1000;
+
+/** Every listener of the process, for the gauge of open connections. */
+const servers = new Set<SMTPServer>();
+new Gauge({
+  name: `${METRIC_PREFIX}client_connections`,
+  help: 'Client SMTP connections open now, on every listener',
+  collect() {
+    let open = 0;
+    for (const server of servers) open += (server as unknown as { connections: Set<unknown> }).connections.size;
+    this.set(open);
+  },
+});
+const connectionsRefused = new Counter({
+  name: `${METRIC_PREFIX}client_connections_refused_total`,
+  help: 'Client sessions the listener itself ended with an error reply, by reason: too_many_clients, timeout, early_talker (spoke before the greeting), shutting_down, protocol (anything else)',
+  labelNames: ['reason'],
+});
+const authFailures = new Counter({
+  name: `${METRIC_PREFIX}auth_failures_total`,
+  help: 'AUTH attempts refused: wrong user name or password',
+});
+
+/** A bounded name for a session refusal smtp-server wrote itself. */
+function sessionRefusalReason(reply: string): string {
+  if (/too many connected clients/i.test(reply)) return 'too_many_clients';
+  if (/timeout/i.test(reply)) return 'timeout';
+  if (/talk too soon/i.test(reply)) return 'early_talker';
+  if (/shutting down/i.test(reply)) return 'shutting_down';
+  return 'protocol';
+}
+
+function bindRetryable(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'EADDRINUSE' || code === 'EADDRNOTAVAIL';
+}
 
 /**
  * smtp-server hands over internationalized domains in Unicode; DNS and destinations without
@@ -65,6 +104,9 @@ export class Inbound {
   #written = new Map<string, string>();
   #refusals: RefusalLog;
   #servers: Listening[] = [];
+  /** Listeners still waiting for their address, and the timer of their next attempt. */
+  #unbound = new Map<SMTPServer, { listener: ListenerConfig; error: string; timer?: NodeJS.Timeout }>();
+  #draining = false;
 
   constructor(ctx: RelayContext, egress: EgressPool) {
     this.#ctx = ctx;
@@ -84,6 +126,16 @@ export class Inbound {
     return this.#servers;
   }
 
+  /** Listeners that could not bind yet, as `host:port: why`: the relay is not ready while there is one. */
+  get unbound(): string[] {
+    return [...this.#unbound.values()].map(({ listener, error }) => `listener ${listener.host}:${listener.port} not bound: ${error}`);
+  }
+
+  /**
+   * Binds every listener. An address in use or not on the host yet (a rolling restart, a
+   * floating IP) is tried again every second while the relay reports itself unready; any
+   * other failure (no permission for the port, a host that is no address) is a start-up error.
+   */
   async listen(): Promise<void> {
     const { config } = this.#ctx;
     const tls = config.tls ? readTlsFiles(config.tls) : undefined;
@@ -91,25 +143,66 @@ export class Inbound {
     for (const listener of config.listeners) {
       const server = this.#createServer(listener, config, tls?.credentials);
       adoptListener(server, (connection, reply) => this.#heard(connection, reply));
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(listener.port, listener.host, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
-      server.on('error', (err) => this.#logger.error({ err }, 'listener error'));
-      const port = (server.server.address() as AddressInfo).port;
-      this.#servers.push({ listener, port, server });
-      this.#logger.info({ host: listener.host, port, starttls: listener.starttls, implicitTls: listener.implicitTls, proxyProtocol: listener.proxyProtocol }, 'listening');
+      servers.add(server);
+      try {
+        await this.#bind(server, listener);
+      } catch (err) {
+        if (!bindRetryable(err)) throw err;
+        this.#logger.error({ host: listener.host, port: listener.port, error: (err as Error).message }, `listener cannot bind; trying again every ${BIND_RETRY_MS / 1000} s (unready until it binds)`);
+        this.#unbound.set(server, { listener, error: (err as Error).message });
+        this.#retry(server, listener);
+      }
     }
   }
 
-  /** Stops accepting; transactions in flight finish (smtp-server waits for their connections). */
-  async close(): Promise<void> {
-    await Promise.all(this.#servers.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
+  #retry(server: SMTPServer, listener: ListenerConfig): void {
+    const waiting = this.#unbound.get(server)!;
+    waiting.timer = setTimeout(() => {
+      this.#bind(server, listener).then(
+        () => this.#unbound.delete(server),
+        (err: Error) => {
+          waiting.error = err.message;
+          this.#retry(server, listener);
+        },
+      );
+    }, BIND_RETRY_MS);
+  }
+
+  async #bind(server: SMTPServer, listener: ListenerConfig): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(listener.port, listener.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.#logger.error({ err }, 'listener error'));
+    const port = (server.server.address() as AddressInfo).port;
+    this.#servers.push({ listener, port, server });
+    this.#logger.info({ host: listener.host, port, starttls: listener.starttls, implicitTls: listener.implicitTls, proxyProtocol: listener.proxyProtocol }, 'listening');
+  }
+
+  /**
+   * SIGTERM: accepts no more connections, ends idle sessions at once and every other one
+   * with `421 4.3.2` once its transaction is over (smtp-server-fixes.ts); after `timeout`
+   * the sessions still open are cut.
+   */
+  async drain(timeout: number): Promise<Drained> {
+    this.#draining = true;
+    for (const [server, { timer }] of this.#unbound) {
+      clearTimeout(timer);
+      servers.delete(server);
+    }
+    this.#unbound.clear();
+    const drained = await Promise.all(this.#servers.map(({ server }) => drainListener(server, timeout)));
+    for (const { server } of this.#servers) servers.delete(server);
     this.#servers = [];
     this.#refusals.close();
+    return { idle: drained.reduce((sum, d) => sum + d.idle, 0), cut: drained.reduce((sum, d) => sum + d.cut, 0) };
+  }
+
+  get draining(): boolean {
+    return this.#draining;
   }
 
   #createServer(listener: ListenerConfig, config: Config, tls: { key: Buffer; cert: Buffer } | undefined): SMTPServer {
@@ -143,6 +236,7 @@ export class Inbound {
         this.#clients.authenticate(user, auth.password ?? '').then(
           (found) => {
             if (found) return callback(null, { user: found.name });
+            authFailures.inc();
             const failures = (this.#authFailures.get(session.id) ?? 0) + 1;
             this.#authFailures.set(session.id, failures);
             // Each attempt costs an scrypt run: a client guessing passwords gets a few, then the door.
@@ -158,11 +252,11 @@ export class Inbound {
         );
       },
       onMailFrom: (address, session, callback) => {
-        void this.#mailFrom(address.address, address.args, session).then(({ outcome, spf, trusted }) => {
+        void this.#mailFrom(address.address, address.args, session).then(({ outcome, spf, trusted, policy }) => {
           const reply = this.#answer(session.id, () => reject(outcome, callback));
           if (outcome.kind === 'accepted') return;
           const user = session.user ? String(session.user) : undefined;
-          this.#refusals.refused({ client: session.remoteAddress, stage: 'MAIL FROM', helo: session.hostNameAppearsAs || undefined, user, sender: address.address, reply, reason: outcome.cause, spf, trusted });
+          this.#refusals.refused({ client: session.remoteAddress, stage: 'MAIL FROM', helo: session.hostNameAppearsAs || undefined, user, sender: address.address, reply, reason: outcome.cause, spf, trusted, policy });
         }, localError(this.#logger, callback));
       },
       onRcptTo: (address, session, callback) => {
@@ -228,12 +322,16 @@ export class Inbound {
       return;
     }
     // Too many clients, a command out of order or unknown (a PROXY header from a stranger), a timeout.
-    if (Number(reply.slice(0, 3)) >= 400) this.#refusals.refused({ client: connection.remoteAddress, stage: 'session', reply, reason: reply.replace(/^\d{3}[ -](\d\.\d+\.\d+ )?/, '') });
+    if (Number(reply.slice(0, 3)) < 400) return;
+    const reason = sessionRefusalReason(reply);
+    connectionsRefused.inc({ reason });
+    // The drain ends every session so; the "stopped" record counts them.
+    if (reason !== 'shutting_down') this.#refusals.refused({ client: connection.remoteAddress, stage: 'session', reply, reason: reply.replace(/^\d{3}[ -](\d\.\d+\.\d+ )?/, '') });
   }
 
-  async #mailFrom(address: string, args: unknown, session: SMTPServerSession): Promise<{ outcome: Outcome; spf?: SpfVerdict; trusted?: boolean }> {
-    const refuse = (outcome: Outcome) => ({ outcome });
-    const trustedRefusal = (outcome: Outcome) => ({ outcome, trusted: true });
+  async #mailFrom(address: string, args: unknown, session: SMTPServerSession): Promise<{ outcome: Outcome; spf?: SpfVerdict; trusted?: boolean; policy?: PolicyReason }> {
+    const refuse = (outcome: Outcome, policy?: PolicyReason) => ({ outcome, policy });
+    const trustedRefusal = (outcome: Outcome, policy?: PolicyReason) => ({ outcome, trusted: true, policy });
     const sender = asciiDomain(address);
     if (sender === undefined) return refuse(failure('permanent', 553, '5.1.7', `<${address}>: the domain is not a valid domain name`));
     const previous = this.#transactions.get(session.id);
@@ -249,11 +347,12 @@ export class Inbound {
         this.#clients.hasUsers
           ? failure('permanent', 530, '5.7.0', `authentication required: ${session.remoteAddress} is not in a trusted network`)
           : failure('permanent', 550, '5.7.1', `relaying denied: ${session.remoteAddress} is not in a trusted network`),
+        'untrusted_client',
       );
     }
     // A null sender (a bounce from the internal server) has no domain to check.
     if (sender !== '' && !senderDomainAllowed(client.senderDomains, domainOf(sender))) {
-      return trustedRefusal(failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`));
+      return trustedRefusal(failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : session.remoteAddress} may not send as <${sender}>`), 'sender_domain');
     }
     const egress = this.#egress.select();
     if (!egress) {
@@ -277,7 +376,7 @@ export class Inbound {
     const outcome = await transaction.checkSender();
     if (outcome.kind !== 'accepted') {
       await transaction.discard();
-      return { outcome, spf: transaction.spf, trusted: true };
+      return { outcome, spf: transaction.spf, trusted: true, policy: outcome.kind === 'permanent' ? 'spf' : undefined };
     }
     this.#transactions.set(session.id, transaction);
     return { outcome };

@@ -8,7 +8,15 @@ declare module 'smtp-server/lib/smtp-connection.js' {
     _socket: Socket;
     id: string;
     remoteAddress: string;
+    session?: { envelope?: { mailFrom?: unknown } };
+    _handlerPending?: boolean;
+    _dataStream?: unknown;
+    _nextHandler?: unknown;
+    _upgrading?: boolean;
+    _closing?: boolean;
+    _closed?: boolean;
     send(code: number, data?: string | string[], context?: string | false): void;
+    _onCommand(command: Buffer, callback?: () => void): void;
     _createParser(): Writable;
     close(): void;
   }

@@ -23,6 +23,12 @@ import { wrapReplyText } from '../smtp/index.ts';
  *
  * And a listener hears every reply exactly as it went on the wire (`onReply`), so that what
  * the log says the client was told is what the client was told.
+ *
+ * 3. smtp-server's own close() answers every command with 421 at once, also the DATA of a
+ *    transaction half done, and leaves idle sessions open for its 30 s close timeout. A
+ *    drained listener (`drainListener`) lets the current transaction finish and then ends
+ *    each session, idle ones at once, with `421 4.3.2` (RFC 5321 §3.8: the server may close
+ *    with 421 when it must shut down; RFC 3463 X.3.2: system not accepting messages).
  */
 /** The smtp-server release whose internals (send, _createParser, readyState) this was written against. */
 export const WRITTEN_FOR = '3.21.6';
@@ -34,6 +40,8 @@ export const WRITTEN_FOR = '3.21.6';
 export type ReplyObserver = (connection: { id: string; remoteAddress: string }, reply: string) => void;
 
 const listeners = new WeakMap<SMTPServer, ReplyObserver>();
+const draining = new WeakSet<SMTPServer>();
+const SHUTTING_DOWN = '4.3.2 Service shutting down, try again later';
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
 let installed = false;
 
@@ -41,7 +49,7 @@ export function adoptListener(server: SMTPServer, onReply: ReplyObserver): void 
   listeners.set(server, onReply);
   if (installed) return;
   installed = true;
-  const { send, _createParser: createParser } = SMTPConnection.prototype;
+  const { send, _createParser: createParser, _onCommand: onCommand } = SMTPConnection.prototype;
   SMTPConnection.prototype.send = function (this: SMTPConnection, code: number, data?: string | string[], context?: string | false) {
     const onReply = listeners.get(this._server);
     if (!onReply) return send.call(this, code, data, context);
@@ -67,7 +75,15 @@ export function adoptListener(server: SMTPServer, onReply: ReplyObserver): void 
       else delete (socket as { write?: unknown }).write;
       if (halfClosed) delete (socket as { readyState?: string }).readyState;
       if (written !== undefined) onReply({ id: this.id, remoteAddress: this.remoteAddress }, written.replace(/\r\n$/, ''));
+      // The reply that ends a transaction (or refuses its MAIL) leaves the session idle: once
+      // smtp-server has reset it, a draining listener ends it.
+      if (draining.has(this._server)) setImmediate(() => endIfIdle(this));
     }
+  };
+  SMTPConnection.prototype._onCommand = function (this: SMTPConnection, command: Buffer, callback?: () => void) {
+    // A command that would start something new while draining; one inside a transaction (RCPT, DATA) goes on.
+    if (draining.has(this._server) && idle(this)) return this.send(421, SHUTTING_DOWN);
+    return onCommand.call(this, command, callback);
   };
   SMTPConnection.prototype._createParser = function (this: SMTPConnection) {
     const parser = createParser.call(this);
@@ -75,4 +91,50 @@ export function adoptListener(server: SMTPServer, onReply: ReplyObserver): void 
     if (listeners.has(this._server)) parser.once('finish', () => this.close());
     return parser;
   };
+}
+
+/** No transaction under way and no command being answered: nothing is lost by ending the session now. */
+function idle(connection: SMTPConnection): boolean {
+  return !connection._handlerPending && !connection._dataStream && !connection._nextHandler && !connection._upgrading && !connection.session?.envelope?.mailFrom;
+}
+
+function endIfIdle(connection: SMTPConnection): boolean {
+  if (connection._closing || connection._closed || !idle(connection)) return false;
+  // send() closes the connection after a 421.
+  connection.send(421, SHUTTING_DOWN);
+  return true;
+}
+
+/** How a drain ended: sessions closed at once as idle, and those still open at the deadline, cut. */
+export interface Drained {
+  idle: number;
+  cut: number;
+}
+
+/**
+ * Stops accepting connections on an adopted listener and ends its sessions as each becomes
+ * idle; settles once every connection is gone, or at `timeout`, when those left are cut
+ * (their clients never got a 250 for what was in flight, so they retry it).
+ */
+export function drainListener(server: SMTPServer, timeout: number): Promise<Drained> {
+  draining.add(server);
+  const internals = server as unknown as { connections: Set<SMTPConnection>; _pendingSockets: Map<unknown, Socket> };
+  return new Promise((resolve) => {
+    let closedIdle = 0;
+    let cut = 0;
+    const timer = setTimeout(() => {
+      for (const connection of internals.connections) {
+        cut++;
+        connection._socket.destroy();
+      }
+    }, timeout);
+    // net.Server calls back once its last connection has ended.
+    server.server.close(() => {
+      clearTimeout(timer);
+      resolve({ idle: closedIdle, cut });
+    });
+    // Sockets still waiting for a PROXY header or a TLS handshake have no session to finish.
+    for (const socket of internals._pendingSockets.values()) socket.destroy();
+    for (const connection of internals.connections) if (endIfIdle(connection)) closedIdle++;
+  });
 }

@@ -39,3 +39,5 @@ function rewriting(stream: DestinationStream, rewrite: (line: string) => string)
     ...(flushable.flush && { flush: (cb: (err?: Error) => void) => flushable.flush!(cb) }),
   };
 }
+export { HttpServer, type Readiness } from './http.ts';
+export { Counter, Gauge, Histogram, METRIC_PREFIX, SECONDS_BUCKETS } from './metrics.ts';

@@ -2,4 +2,4 @@ export type { ClientInfo, MailParams, RelayContext } from './context.ts';
 export { Transaction } from './transaction.ts';
 export { senderDomainAllowed } from './hygiene.ts';
 export { createMemo, type DeliveryMemo } from './memo.ts';
-export { RefusalLog } from './record.ts';
+export { RefusalLog, type PolicyReason } from './record.ts';

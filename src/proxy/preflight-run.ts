@@ -2,9 +2,27 @@ import { checkSpf, judge, predict, predictFromParts, unsubscribeOf, type Policy,
 import type { Resolve } from '../dns/index.ts';
 import { verifyEgress, type Egress } from '../identity/index.ts';
 import type { HeaderSection } from '../message/index.ts';
+import { Counter, Histogram, METRIC_PREFIX, SECONDS_BUCKETS } from '../observability/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { RelayContext } from './context.ts';
 import type { Leg } from './leg.ts';
+
+const predictions = new Counter({
+  name: `${METRIC_PREFIX}preflight_predictions_total`,
+  help: "What the preflight predicted a receiver concludes of the signed message, by DMARC result, SPF result and DKIM result (the best of the relay's signatures)",
+  labelNames: ['dmarc', 'spf', 'dkim'],
+});
+const preflightSeconds = new Histogram({
+  name: `${METRIC_PREFIX}preflight_seconds`,
+  help: 'Time the authentication preflight took, the fresh re-check before a refusal included',
+  buckets: SECONDS_BUCKETS,
+});
+
+/** The best DKIM result among the signatures: pass when any passes (RFC 6376 §6.1 treats them one by one). */
+function dkimResult(prediction: Prediction): string {
+  const results = prediction.dkim.map((signature) => signature.result);
+  return results.includes('pass') ? 'pass' : (results[0] ?? 'none');
+}
 
 /** Messages up to this size get mailauth's full authenticate() as the preflight. */
 const FULL_PREFLIGHT_LIMIT = 2 * 1024 * 1024;
@@ -35,6 +53,15 @@ export interface PreflightInput {
  * just fixed passes at once (and its new answer is cached for everyone).
  */
 export async function runPreflight(input: PreflightInput): Promise<{ refusal?: Outcome; record: Record<string, unknown>; error?: Error }> {
+  const end = preflightSeconds.startTimer();
+  try {
+    return await preflight(input);
+  } finally {
+    end();
+  }
+}
+
+async function preflight(input: PreflightInput): Promise<{ refusal?: Outcome; record: Record<string, unknown>; error?: Error }> {
   const { ctx, policy, keys, egress, sender } = input;
   const predictWith = async (resolve: Resolve, fresh: boolean): Promise<Prediction> => {
     const at = { resolve, ip: egress.ip, helo: egress.helo };
@@ -73,6 +100,7 @@ export async function runPreflight(input: PreflightInput): Promise<{ refusal?: O
     };
   }
   const { reasons, refusal } = verdict;
+  predictions.inc({ dmarc: prediction.dmarc.result, spf: prediction.spf.result, dkim: dkimResult(prediction) });
   return {
     refusal,
     record: {

@@ -2,9 +2,33 @@ import type { ProfileVerdict, Signature, SpfVerdict } from '../auth/index.ts';
 import type { Classification, Connected, Destination, Playbook, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { LRUCache } from 'lru-cache';
-import type { Logger } from '../observability/index.ts';
+import { Counter, Histogram, METRIC_PREFIX, SECONDS_BUCKETS, type Logger } from '../observability/index.ts';
 import { formatReply, saidOf, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo } from './context.ts';
+
+const transactions = new Counter({
+  name: `${METRIC_PREFIX}transactions_total`,
+  help: "Client transactions by outcome: accepted (250 at the end of DATA), temporary (4xx), permanent (5xx), abandoned (the client left before the end of DATA)",
+  labelNames: ['outcome'],
+});
+const recipients = new Counter({
+  name: `${METRIC_PREFIX}recipients_total`,
+  help: "Recipients by what became of them, the class of the destination's own reply (2xx, 4xx, 5xx; none when the relay answered itself), the provider and the playbook category of a refusal",
+  labelNames: ['result', 'reply_class', 'provider', 'category'],
+});
+const policyRefusals = new Counter({
+  name: `${METRIC_PREFIX}policy_refusals_total`,
+  help: "Mail the relay's own policy refused, by reason: untrusted_client, sender_domain (a client sending as a domain it may not), spf (at MAIL FROM), preflight (the author domain's floor), provider_profile (a destination's provider would refuse it)",
+  labelNames: ['reason'],
+});
+const transactionSeconds = new Histogram({
+  name: `${METRIC_PREFIX}transaction_seconds`,
+  help: "Client transactions from MAIL FROM to the final reply (every destination's answer included)",
+  buckets: SECONDS_BUCKETS,
+});
+
+/** Why the relay's own policy refused, as the metrics count it. */
+export type PolicyReason = 'untrusted_client' | 'sender_domain' | 'spf' | 'preflight' | 'provider_profile';
 
 /** What the reply playbook says about a destination's refusal, as the transaction record shows it. */
 export type Explanation = Partial<Pick<Classification, 'category' | 'remediation' | 'rule' | 'provider'>>;
@@ -25,6 +49,25 @@ export function explain(outcome: Outcome | undefined, playbook: Playbook): Expla
  * (the client went away or started over before the end of DATA).
  */
 export type RecipientResult = 'delivered' | 'bounced' | 'refused' | 'deferred' | 'already-delivered' | 'already-bounced' | 'abandoned';
+
+/** The class of the destination's last reply for a recipient: what the metrics label it with. */
+function replyClass(recipient: RecipientRecord): string {
+  const reply = recipient.destination?.data ?? recipient.destination?.rcpt;
+  return reply && /^[245]\d\d/.test(reply) ? `${reply[0]}xx` : 'none';
+}
+
+/** Counts the transaction its record describes: its outcome, each recipient, the policy refusals in it. */
+export function countTransaction(facts: TransactionFacts, record: ReturnType<typeof transactionRecord>): void {
+  transactions.inc({ outcome: facts.outcome.kind });
+  if (facts.outcome.kind !== 'abandoned') transactionSeconds.observe(record.ms / 1000);
+  for (const recipient of record.recipients) {
+    const leg = facts.legs.find((l) => l.recipients.includes(recipient.address));
+    const provider = recipient.provider ?? leg?.lease?.provider?.name ?? 'none';
+    recipients.inc({ result: recipient.result, reply_class: replyClass(recipient), provider, category: recipient.category ?? 'none' });
+  }
+  if ((facts.preflight as { verdict?: string } | undefined)?.verdict === 'refused') policyRefusals.inc({ reason: 'preflight' });
+  for (const leg of facts.legs) if (leg.profile?.verdict === 'refused' || leg.profile?.verdict === 'deferred') policyRefusals.inc({ reason: 'provider_profile' });
+}
 
 /** One recipient in the transaction record. */
 export interface RecipientRecord extends Explanation {
@@ -52,6 +95,8 @@ export interface MessageFacts {
 /** One destination's part, as a Leg (leg.ts) holds it. */
 export interface LegFacts {
   destination: Destination;
+  /** The recipients it accepted at RCPT. */
+  recipients: readonly string[];
   connected?: Connected;
   lease?: UpstreamLease;
   data?: string;
@@ -81,7 +126,7 @@ export interface TransactionFacts {
 }
 
 /** The one `transaction` record (README, "Logs"): everything an admin needs to act on it. */
-export function transactionRecord(facts: TransactionFacts): Record<string, unknown> {
+export function transactionRecord(facts: TransactionFacts): Record<string, unknown> & { recipients: RecipientRecord[]; ms: number } {
   const upstream = facts.legs.map(({ destination, connected, lease, data, lost, refused, explanation, profile }) => ({
     destination: destination.key,
     mxHost: connected?.mxHost,
@@ -146,6 +191,8 @@ export interface RefusalFacts {
   spf?: SpfVerdict;
   /** A client the relay serves (a trusted network or an authenticated user): its refusals are each a record. */
   trusted?: boolean;
+  /** The relay's own policy refused it (not a protocol error, not AUTH): counted by reason. */
+  policy?: PolicyReason;
 }
 
 /** How long one address's refusals count as one flood. */
@@ -169,6 +216,7 @@ export class RefusalLog {
   }
 
   refused(refusal: RefusalFacts): void {
+    if (refusal.policy) policyRefusals.inc({ reason: refusal.policy });
     // An internal server's refusals concern its users' mail, each one different: never summarised.
     if (refusal.trusted) {
       this.#logger.info(refusal, 'refused');

@@ -23,7 +23,7 @@ import { applyHygiene, checkFrom, malformedRefusal, sign } from './hygiene.ts';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
 import { runPreflight } from './preflight-run.ts';
-import { explain, transactionRecord, type MessageFacts, type RecipientRecord, type TransactionFacts } from './record.ts';
+import { countTransaction, explain, transactionRecord, type MessageFacts, type RecipientRecord, type TransactionFacts } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
 import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
 
@@ -375,7 +375,7 @@ export class Transaction {
   #log(outcome: TransactionFacts['outcome'], reply?: string): void {
     if (this.#finished) return;
     this.#finished = true;
-    const record = transactionRecord({
+    const facts: TransactionFacts = {
       id: this.id,
       client: this.#client,
       sender: this.#sender,
@@ -390,7 +390,9 @@ export class Transaction {
       reply,
       playbook: this.#ctx.playbook,
       started: this.#started,
-    });
+    };
+    const record = transactionRecord(facts);
     this.#logger.info(record, 'transaction');
+    countTransaction(facts, record);
   }
 }

@@ -1,6 +1,6 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { RedisSettings } from '../config/index.ts';
-import type { Logger } from '../observability/index.ts';
+import { Gauge, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 
 /**
  * The Redis state replicas share (DNS cache, delivery memo). Every user of it treats Redis
@@ -15,7 +15,29 @@ export interface SharedStore {
   failed(err: unknown): void;
   /** Call after a command worked: ends an outage that never dropped the connection (a stall). */
   succeeded(): void;
+  /** Connected, and the last command did not fail or stall. */
+  readonly up: boolean;
+  /** What it holds, as the outage warning names it ("DNS cache"). */
+  readonly what: string;
   close(): void;
+}
+
+/** The stores open in this process: what /metrics and /readyz report on. */
+const open = new Set<SharedStore>();
+
+new Gauge({
+  name: `${METRIC_PREFIX}redis_up`,
+  help: 'Whether the Redis connection for this use (DNS cache, delivery memo, delivery state) answers: 1 up, 0 away (the relay carries on without it)',
+  labelNames: ['use'],
+  collect() {
+    this.reset();
+    for (const store of open) this.set({ use: store.what }, store.up ? 1 : 0);
+  },
+});
+
+/** Every shared store of the process that is away right now, by what it holds. */
+export function storesDown(): string[] {
+  return [...open].filter((store) => !store.up).map((store) => store.what);
 }
 
 function clientFor(settings: RedisSettings, timeout: number): Redis | Cluster {
@@ -70,5 +92,20 @@ export function connectShared(settings: RedisSettings, options: { timeout: numbe
     client.once('ready', resolve);
     client.once('error', () => resolve());
   });
-  return { client, ready, failed, succeeded, close: () => client.disconnect() };
+  const store: SharedStore = {
+    client,
+    ready,
+    failed,
+    succeeded,
+    what: options.what,
+    get up() {
+      return client.status === 'ready' && !down;
+    },
+    close: () => {
+      open.delete(store);
+      client.disconnect();
+    },
+  };
+  open.add(store);
+  return store;
 }

@@ -191,6 +191,8 @@ export class Internet {
       dns: this.dnsSettings(),
       delivery: this.deliverySettings(),
       log: { level: 'info' },
+      // Every relay of the suite on a port of its own: the default 9090 would be taken by the first.
+      http: { host: '127.0.0.1', port: 0 },
       ...overrides,
     };
   }
