@@ -28,6 +28,22 @@ export interface SpfVerdict {
 }
 
 /**
+ * What an evaluation spent of RFC 7208 §4.6.4's limits: the lookups that count (include, a,
+ * mx, ptr, exists, redirect; at most `limit`, 10) and those that found nothing (at most 2).
+ * A permerror with more than a limit allows is that limit's.
+ */
+export interface SpfLookups {
+  count: number;
+  limit: number;
+  void: number;
+}
+
+function lookupsOf(result: SPFResult): SpfLookups | undefined {
+  const lookups = (result as SPFResult & { lookups?: SpfLookups }).lookups;
+  return lookups && { count: lookups.count, limit: lookups.limit, void: lookups.void };
+}
+
+/**
  * A lookup that failed for now (a timeout, SERVFAIL, no answer over TCP after truncation):
  * its answer could have changed the verdict, so only a retry can tell (RFC 7208 §2.6.6
  * temperror, RFC 6376 §6.1.2 TEMPFAIL, RFC 7489 §6.6.3).
@@ -116,9 +132,14 @@ export function policyFor(config: Config, domain: string): Policy {
  * MAIL FROM domain (the HELO identity for a null sender), the egress HELO.
  */
 export async function checkSpf(sender: string, ctx: PreflightContext): Promise<SpfVerdict> {
+  return (await evaluateSpf(sender, ctx)).verdict;
+}
+
+/** checkSpf's evaluation, with what it spent of the lookup limits (what `doctor` reports). */
+export async function evaluateSpf(sender: string, ctx: PreflightContext): Promise<{ verdict: SpfVerdict; lookups?: SpfLookups }> {
   const seen: Seen = { failures: [], spfRecords: [], empty: [] };
   const result = await spf({ sender, ip: ctx.ip, helo: ctx.helo, mta: ctx.helo, resolver: resolver(observing(ctx.resolve, seen)), strict: STRICT });
-  return spfVerdictOf(result, seen);
+  return { verdict: spfVerdictOf(result, seen), lookups: lookupsOf(result) };
 }
 
 /** What the lookups of one evaluation saw: mailauth gives the verdict, not always why. */
@@ -206,7 +227,7 @@ function syntaxError(seen: Seen): { domain: string; term?: string; detail: strin
  */
 function spfCause(verdict: SpfVerdict, result: SPFResult, seen: Seen): string {
   const said = /during lookup of \S*: (.*)$/s.exec(result.status.comment ?? '')?.[1] ?? result.status.comment ?? verdict.result;
-  const lookups = (result as SPFResult & { lookups?: { limit: number; count: number; void: number } }).lookups;
+  const lookups = lookupsOf(result);
   if (verdict.result === 'temperror') return seen.failures.length ? describeDnsFailures(seen.failures) : said;
   const missing = /^no SPF records found for (\S+)$/.exec(said);
   if (missing) {
@@ -336,7 +357,7 @@ export async function predictFromParts(options: {
 }
 
 /** The SPF mechanism that authorizes an address (RFC 7208 §5.6); an IPv4-mapped one is matched by ip4 (§5). */
-function mechanism(ip: string): string {
+export function spfMechanism(ip: string): string {
   const address = canonicalAddress(ip) ?? ip;
   return net.isIPv6(address) ? `ip6:${address}` : `ip4:${address}`;
 }
@@ -347,13 +368,13 @@ export function spfAdvice(verdict: SpfVerdict, ip: string): string {
     case 'pass':
       return `SPF passes for ${verdict.domain}`;
     case 'none':
-      return `${verdict.domain} publishes no SPF record: publish "v=spf1 ${mechanism(ip)} -all" (or add ${mechanism(ip)} to the one you intended)`;
+      return `${verdict.domain} publishes no SPF record: publish "v=spf1 ${spfMechanism(ip)} -all" (or add ${spfMechanism(ip)} to the one you intended)`;
     case 'permerror':
       return `SPF of ${verdict.domain} is a permanent error${verdict.record ? ` (its record: "${verdict.record}")` : ''}: ${verdict.cause ?? 'its record is broken'}`;
     case 'temperror':
       return `SPF of ${verdict.domain} could not be checked: ${verdict.cause ?? (verdict.dnsFailures ? describeDnsFailures(verdict.dnsFailures) : 'a DNS lookup failed')}`;
     default:
-      return `the SPF record of ${verdict.domain}${verdict.record ? ` ("${verdict.record}")` : ''} does not authorize ${ip} (${verdict.result}): add ${mechanism(ip)} to it`;
+      return `the SPF record of ${verdict.domain}${verdict.record ? ` ("${verdict.record}")` : ''} does not authorize ${ip} (${verdict.result}): add ${spfMechanism(ip)} to it`;
   }
 }
 

@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
+import { DkimKeyError, KeyRing } from '../auth/index.ts';
 import { ConfigError, loadConfig, type Config } from '../config/index.ts';
 
 /** One line on stderr and the exit code: what an admin reads when a command cannot go on. */
@@ -95,6 +96,16 @@ export function readConfig(file: string): Config {
     return loadConfig(file);
   } catch (err) {
     if (err instanceof ConfigError) fail(`config error: ${err.message}`, 2);
+    throw err;
+  }
+}
+
+/** The configured DKIM keys, loaded and checked, or one line naming the key and exit 2. */
+export function readKeys(config: Config): KeyRing {
+  try {
+    return KeyRing.load(config.domains);
+  } catch (err) {
+    if (err instanceof DkimKeyError) fail(`config error: ${err.message}`, 2);
     throw err;
   }
 }

@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { DkimKeyError, KeyRing } from '../auth/index.ts';
+import { DkimKeyError, keyKind, KeyRing } from '../auth/index.ts';
 import { ConfigError, readTlsFiles, type Config } from '../config/index.ts';
 import { Playbook, PlaybookError, Providers } from '../delivery/index.ts';
 import { uncachedResolver } from '../dns/index.ts';
@@ -78,7 +78,7 @@ function checkKeys(settings: Config, findings: Findings): void {
     return;
   }
   for (const key of keys.keys) {
-    findings.add('OK  ', `DKIM ${key.domain} selector ${key.selector} (${key.algorithm}${key.bits ? ` ${key.bits} bits` : ''}, ${key.standby ? 'standby' : 'active'}) loaded from ${key.source}`);
+    findings.add('OK  ', `DKIM ${key.domain} selector ${key.selector} (${keyKind(key)}) loaded from ${key.source}`);
   }
   for (const warning of keys.warnings) findings.add('WARN', `DKIM ${warning}`);
 }

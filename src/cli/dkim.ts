@@ -1,6 +1,6 @@
-import { checkPublished, DkimKeyError, generateDkimKey, KeyRing } from '../auth/index.ts';
+import { checkPublished, generateDkimKey, keyKind } from '../auth/index.ts';
 import { uncachedResolver } from '../dns/index.ts';
-import { CONFIG_HELP, configArg, fail, HELP_HELP, parseOptions, readConfig, subcommand, usageError, type Command } from './common.ts';
+import { CONFIG_HELP, configArg, fail, HELP_HELP, parseOptions, readConfig, readKeys, subcommand, usageError, type Command } from './common.ts';
 
 const KEYGEN: Command = {
   name: 'dkim keygen',
@@ -72,19 +72,12 @@ export async function dkim(args: string[]): Promise<void> {
   }
   if (sub === 'check') {
     const config = readConfig(configArg(rest, CHECK));
-    let keys;
-    try {
-      keys = KeyRing.load(config.domains);
-    } catch (err) {
-      if (err instanceof DkimKeyError) fail(`config error: ${err.message}`, 2);
-      throw err;
-    }
+    const keys = readKeys(config);
     const resolve = uncachedResolver(config.dns);
     const results = await Promise.all(keys.keys.map((key) => checkPublished(key, resolve)));
     for (const result of results) {
       const { key } = result;
-      const kind = `${key.algorithm}${key.bits ? ` ${key.bits} bits` : ''}, ${key.standby ? 'standby' : 'active'}`;
-      process.stdout.write(`${result.state === 'matches' ? 'OK  ' : 'FAIL'} ${key.domain} selector ${key.selector} (${kind}): ${result.detail}\n`);
+      process.stdout.write(`${result.state === 'matches' ? 'OK  ' : 'FAIL'} ${key.domain} selector ${key.selector} (${keyKind(key)}): ${result.detail}\n`);
     }
     for (const warning of keys.warnings) process.stdout.write(`WARN ${warning}\n`);
     if (results.length === 0) process.stdout.write('no DKIM keys configured\n');

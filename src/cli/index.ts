@@ -4,6 +4,7 @@ import { config } from './config.ts';
 import { demo } from './demo.ts';
 import { dkim } from './dkim.ts';
 import { dns } from './dns.ts';
+import { doctor } from './doctor.ts';
 import { logs } from './logs.ts';
 import { passwd } from './passwd.ts';
 import { start } from './start.ts';
@@ -15,6 +16,9 @@ commands:
   config check [--config FILE]
                           check a configuration (keys, TLS files, egress) before start or SIGHUP
   passwd                  read a password (twice on a terminal), print its hash for clients.users
+  doctor [--config FILE] [--json] [--domain D]
+                          check the DNS receivers will judge (PTR, HELO, blocklists, SPF, DKIM,
+                          DMARC), printing the record to publish for each problem
   dkim keygen --domain D --selector S [--type rsa|ed25519] [--bits N] [--out DIR]
                           write a new DKIM key (mode 0600), print its TXT record and YAML
   dkim check [--config FILE]
@@ -44,6 +48,8 @@ export async function main(argv: string[]): Promise<void> {
       return config(rest);
     case 'passwd':
       return passwd(rest);
+    case 'doctor':
+      return doctor(rest);
     case 'dkim':
       return dkim(rest);
     case 'dns':

@@ -19,6 +19,11 @@ export interface SigningKey {
   publicKey: string;
 }
 
+/** "rsa-sha256 2048 bits, active": what a key is, as every command that lists keys says it. */
+export function keyKind(key: SigningKey): string {
+  return `${key.algorithm}${key.bits ? ` ${key.bits} bits` : ''}, ${key.standby ? 'standby' : 'active'}`;
+}
+
 /** A key that cannot be used; the message names the domain, the selector and the file. */
 export class DkimKeyError extends Error {
   override name = 'DkimKeyError';
@@ -80,6 +85,27 @@ function loadKey(domain: string, entry: NonNullable<Config['domains'][string]['d
   return { domain, selector: entry.selector, algorithm, privateKey, bits, standby: entry.standby, source, publicKey: publicKeyRecord(privateKey) };
 }
 
+/** Something to fix about keys that work: of one key (`selector`), or of the domain's keys together. */
+export interface KeyAdvice {
+  selector?: string;
+  text: string;
+}
+
+/** What an admin should change about one domain's keys: RSA under 2048 bits, Ed25519 alone. */
+export function keyAdvice(domain: string, keys: readonly SigningKey[]): KeyAdvice[] {
+  const advice: KeyAdvice[] = [];
+  for (const key of keys) {
+    if (key.bits && key.bits < RECOMMENDED_RSA_BITS) {
+      advice.push({ selector: key.selector, text: `${domain} selector ${key.selector}: RSA key of ${key.bits} bits; 2048 is recommended (Gmail, Microsoft)` });
+    }
+  }
+  const active = keys.filter((key) => !key.standby);
+  if (active.length && active.every((key) => key.algorithm === 'ed25519-sha256')) {
+    advice.push({ text: `${domain}: signed with Ed25519 only; Gmail reports Ed25519 signatures as dkim=fail, so add an RSA key (dual signing)` });
+  }
+  return advice;
+}
+
 /** The DKIM keys of every configured domain, loaded and checked at once. */
 export class KeyRing {
   readonly keys: readonly SigningKey[];
@@ -99,15 +125,7 @@ export class KeyRing {
     const warnings: string[] = [];
     for (const [domain, settings] of Object.entries(domains)) {
       const loaded = settings.dkim.map((entry) => loadKey(domain, entry, warnings));
-      for (const key of loaded) {
-        if (key.bits && key.bits < RECOMMENDED_RSA_BITS) {
-          warnings.push(`${domain} selector ${key.selector}: RSA key of ${key.bits} bits; 2048 is recommended (Gmail, Microsoft)`);
-        }
-      }
-      const active = loaded.filter((key) => !key.standby);
-      if (active.length && active.every((key) => key.algorithm === 'ed25519-sha256')) {
-        warnings.push(`${domain}: signed with Ed25519 only; Gmail reports Ed25519 signatures as dkim=fail, so add an RSA key (dual signing)`);
-      }
+      warnings.push(...keyAdvice(domain, loaded).map((advice) => advice.text));
       keys.push(...loaded);
     }
     return new KeyRing(domains, keys, warnings);

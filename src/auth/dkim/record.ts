@@ -6,14 +6,23 @@ export function txtRecordValue(key: Pick<SigningKey, 'algorithm' | 'publicKey'>)
   return `v=DKIM1; k=${key.algorithm === 'ed25519-sha256' ? 'ed25519' : 'rsa'}; p=${key.publicKey}`;
 }
 
-/** The record as a zone file line: character-strings of at most 255 bytes (RFC 1035 §3.3.14). */
-export function zoneFileLine(domain: string, selector: string, value: string): string {
+/** A TXT record as a zone file line: character-strings of at most 255 bytes (RFC 1035 §3.3.14). */
+export function txtZoneLine(name: string, value: string): string {
   const strings = value.match(/.{1,255}/g) ?? [''];
-  return `${selector}._domainkey.${domain}. IN TXT ${strings.map((s) => `"${s}"`).join(' ')}`;
+  return `${name}. IN TXT ${strings.map((s) => `"${s}"`).join(' ')}`;
 }
 
-/** Tags of a DKIM key record (RFC 6376 §3.6.1), names lower-cased, whitespace removed from values. */
-function parseTags(record: string): Map<string, string> {
+/** The key record as a zone file line. */
+export function zoneFileLine(domain: string, selector: string, value: string): string {
+  return txtZoneLine(`${selector}._domainkey.${domain}`, value);
+}
+
+/**
+ * Tags of a tag=value list, names lower-cased, whitespace removed from values: the syntax of
+ * DKIM key records (RFC 6376 §3.2, §3.6.1), which DMARC (RFC 7489 §6.4), MTA-STS (RFC 8461
+ * §3.1) and TLS-RPT (RFC 8460 §3) records share.
+ */
+export function parseTags(record: string): Map<string, string> {
   const tags = new Map<string, string>();
   for (const part of record.split(';')) {
     const eq = part.indexOf('=');
