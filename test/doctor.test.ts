@@ -4,11 +4,15 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify } from 'yaml';
-import { doctorReportSchema, type DoctorReport } from '../src/doctor/index.ts';
+import { KeyRing } from '../src/auth/index.ts';
+import { parseConfig } from '../src/config/index.ts';
+import { uncachedResolver } from '../src/dns/index.ts';
+import { doctorReportSchema, logReport, runDoctor, type DoctorReport } from '../src/doctor/index.ts';
+import { createLogger } from '../src/observability/index.ts';
 import { makeKey, type TestKey } from './harness/dkim.ts';
 import type { DnsServer } from './harness/dns-server.ts';
 import { runCli } from './harness/process.ts';
-import { Internet } from './harness/world.ts';
+import { Internet, LogCapture } from './harness/world.ts';
 
 /** The records a sending domain needs, all correct: PTR and A of its egress, SPF, the DKIM key, DMARC. */
 function publishCorrect(dns: DnsServer, domain: string, ip: string, key: TestKey): void {
@@ -152,7 +156,7 @@ describe('doctor', () => {
   });
 
   /** A deployment of its own (egress address, sending domain, config file), all records correct. */
-  function deployment(n: number, egress?: Case['egress']): { domain: string; ip: string; file: string } {
+  function deployment(n: number, egress?: Case['egress']): { domain: string; ip: string; file: string; config: Record<string, unknown> } {
     const domain = `d${n}.doctor.test`;
     const ip = `127.0.1.${n}`;
     publishCorrect(internet.dns, domain, ip, key);
@@ -164,7 +168,7 @@ describe('doctor', () => {
       domains: { [domain]: { dkim: [{ selector: 's1', key: key.file }] } },
     };
     writeFileSync(file, stringify(config));
-    return { domain, ip, file };
+    return { domain, ip, file, config };
   }
 
   async function doctor(file: string, ...args: string[]): Promise<{ code: number | null; stdout: string; report: DoctorReport }> {
@@ -241,5 +245,27 @@ describe('doctor', () => {
     assert.ok(report.checks.some((c) => c.check === 'egress.ptr' && c.subject === ip));
     const misuse = await runCli(['doctor', '--config', file, '--domain', 'not a domain']);
     assert.deepEqual(misuse, { code: 2, stdout: '', stderr: 'hygiene-relay: --domain must be a domain name, not "not a domain"; see hygiene-relay doctor --help\n' });
+  });
+
+  it('at start-up and on SIGHUP: runDoctor and logReport write one summary record, then one per failure and per warning', async () => {
+    const { domain, ip, config } = deployment(50);
+    internet.dns.remove(`_dmarc.${domain}`);
+    internet.dns.set(domain, [{ type: 'TXT', data: `v=spf1 ptr ip4:${ip} -all` }]);
+    const settings = parseConfig(config);
+    const report = await runDoctor(settings, uncachedResolver(settings.dns), KeyRing.load(settings.domains));
+    const logs = new LogCapture();
+    logReport(report, createLogger('info', logs));
+    assert.deepEqual(
+      logs.records.map((r) => [r.level, r.msg, r.component]),
+      [
+        ['error', 'DNS checks: 1 failure, 1 warning', 'doctor'],
+        ['warn', `DNS check warning: ${domain} SPF ptr`, 'doctor'],
+        ['error', `DNS check failed: ${domain} DMARC record`, 'doctor'],
+      ],
+    );
+    assert.deepEqual(logs.records[0].counts, report.counts);
+    assert.deepEqual(logs.records[1].fix, [`${domain}. IN TXT "v=spf1 ip4:${ip} -all"`]);
+    assert.equal(logs.records[2].check, 'dmarc.record');
+    assert.match(logs.records[2].problem as string, /^no DMARC record at _dmarc\./);
   });
 });
