@@ -232,7 +232,7 @@ describe('doctor', () => {
     });
   });
 
-  it('--domain checks that domain only; a misused option is one line, exit 2', async () => {
+  it('--domain checks that domain only; --help prints the usage; a misused option is one line, exit 2', async () => {
     const { ip, file } = deployment(40);
     const other = deployment(41);
     const { report } = await doctor(file, '--domain', other.domain);
@@ -243,6 +243,9 @@ describe('doctor', () => {
       [['spf.authorizes', other.domain], ['dkim.keys', other.domain], ['dmarc.alignment', other.domain]],
     );
     assert.ok(report.checks.some((c) => c.check === 'egress.ptr' && c.subject === ip));
+    const help = await runCli(['doctor', '--help']);
+    assert.equal(help.code, 0);
+    assert.ok(help.stdout.startsWith('usage: hygiene-relay doctor [--config FILE] [--json] [--domain D]\n'), help.stdout);
     const misuse = await runCli(['doctor', '--config', file, '--domain', 'not a domain']);
     assert.deepEqual(misuse, { code: 2, stdout: '', stderr: 'hygiene-relay: --domain must be a domain name, not "not a domain"; see hygiene-relay doctor --help\n' });
   });

@@ -96,7 +96,7 @@ function listOf(zone: string, lists: Blocklists): Blocklists['lists'][number] | 
  */
 async function blocklistCheck(ip: string, zone: string, lists: Blocklists, resolve: Resolve): Promise<DoctorCheck[]> {
   const list = listOf(zone, lists);
-  // RFC 5782 §2.4: IPv6 lists are separate; a list not known to take IPv6 is not asked.
+  // Most lists take IPv4 only (RFC 5782 keeps IPv6 lists apart): one not known to take IPv6 is not asked.
   if (net.isIPv6(ip) && !list?.ipv6) return [];
   const name = `${reverseName(ip).replace(/\.(in-addr|ip6)\.arpa$/, '')}.${zone}`;
   let answers: string[];

@@ -102,7 +102,7 @@ export function renderReport(report: DoctorReport): string {
     for (const fix of c.fix) lines.push(`       ${fix}`);
   }
   const { counts } = report;
-  lines.push(`${LABEL[report.status === 'pass' ? 'pass' : report.status]} doctor: ${plural(counts.fail, 'failure')}, ${plural(counts.warn, 'warning')}, ${counts.pass} passed, ${counts.info} for information`);
+  lines.push(`${LABEL[report.status]} doctor: ${plural(counts.fail, 'failure')}, ${plural(counts.warn, 'warning')}, ${counts.pass} passed, ${counts.info} for information`);
   return `${lines.join('\n')}\n`;
 }
 
