@@ -367,6 +367,12 @@ export const configSchema = z.strictObject({
   memo: z
     .strictObject({
       redis: redisSettings.optional(),
+      /**
+       * The local store (SQLite) used without `redis`: kept across restarts and shared by the
+       * relays of one host. Absent: /var/lib/hygiene-relay/memo.sqlite (see memo.ts). Absolute,
+       * because a service's working directory is no place to keep state (systemd starts it in /).
+       */
+      path: z.string().regex(/^\//, 'must be an absolute path').optional(),
       ttl: duration.prefault('5d'),
       maxEntries: z.number().int().positive().default(100_000),
     })

@@ -1,4 +1,7 @@
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import { parseConfig, type Config } from '../../src/config/index.ts';
 import { createLogger } from '../../src/observability/index.ts';
@@ -99,8 +102,11 @@ export class Internet {
   readonly policies: PolicyServer;
   readonly mxPort: number;
   readonly egress: { ip: string; ptr?: string; confirmed?: boolean }[];
+  /** This internet's own directory for the relays' state: their delivery memo (memo.path), never shared with another test. */
+  readonly stateDir: string;
 
-  protected constructor(dns: DnsServer, hosts: Map<string, Destination>, destinations: Map<string, Destination>, policies: PolicyServer, mxPort: number, egress: Internet['egress']) {
+  protected constructor(dns: DnsServer, hosts: Map<string, Destination>, destinations: Map<string, Destination>, policies: PolicyServer, mxPort: number, egress: Internet['egress'], stateDir: string) {
+    this.stateDir = stateDir;
     this.dns = dns;
     this.hosts = hosts;
     this.destinations = destinations;
@@ -156,7 +162,7 @@ export class Internet {
       await dns.close();
       throw err;
     }
-    return new Internet(dns, hosts, destinations, policies, mxPort, egress);
+    return new Internet(dns, hosts, destinations, policies, mxPort, egress, mkdtempSync(path.join(tmpdir(), 'relay-state-')));
   }
 
   destination(domain: string): Destination {
@@ -191,6 +197,8 @@ export class Internet {
       dns: this.dnsSettings(),
       delivery: this.deliverySettings(),
       log: { level: 'info' },
+      // Restarted relays of one test find their memo again; other tests' memos stay apart.
+      memo: { path: path.join(this.stateDir, 'memo.sqlite') },
       // Every relay of the suite on a port of its own: the default 9090 would be taken by the first.
       http: { host: '127.0.0.1', port: 0 },
       ...overrides,
@@ -201,6 +209,7 @@ export class Internet {
     await Promise.all([...this.hosts.values()].map((d) => d.close()));
     await this.policies.close();
     await this.dns.close();
+    rmSync(this.stateDir, { recursive: true, force: true });
   }
 }
 
@@ -211,7 +220,7 @@ export class World extends Internet {
   readonly config: Config;
 
   private constructor(internet: Internet, relay: Relay, logs: LogCapture, config: Config) {
-    super(internet.dns, internet.hosts, internet.destinations, internet.policies, internet.mxPort, internet.egress);
+    super(internet.dns, internet.hosts, internet.destinations, internet.policies, internet.mxPort, internet.egress, internet.stateDir);
     this.relay = relay;
     this.logs = logs;
     this.config = config;
