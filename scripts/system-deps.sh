@@ -2,7 +2,8 @@
 # What the tests need from the system besides npm packages: openssl (test certificates),
 # redis-server (started by the tests on a free port), Debian's python3-dkim (dkimpy, a
 # DKIM verifier independent of mailauth) and python3-spf, for the RFC 7208 test suite it
-# ships (test/spf-suite.test.ts). Installs what is missing when it can (root with apt-get,
+# ships (test/spf-suite.test.ts); python3-prometheus-client, the Prometheus project's own
+# parser of the exposition format, reads /metrics in the tests. Installs what is missing when it can (root with apt-get,
 # as on CI); otherwise says what to install.
 set -euo pipefail
 missing=()
@@ -12,6 +13,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null; } || missing+=(python3-dkim python3-nacl)
 [ -f /usr/share/doc/python3-spf/rfc7208-tests.yml.gz ] || missing+=(python3-spf)
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || missing+=(python3-prometheus-client)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -17,6 +17,8 @@ export class RawClient {
   #buffer = '';
   #waiting?: { resolve: (reply: ClientReply) => void; reject: (err: Error) => void };
   #pending: string[] = [];
+  /** Replies no command waited for (a 421 sent unasked), for `reply()`. */
+  #unasked: ClientReply[] = [];
   /** Sees every reply line as it arrives, claimed by a command or not. */
   #heard?: (line: string) => void;
   closed: Promise<void>;
@@ -48,7 +50,9 @@ export class RawClient {
         this.#pending = [];
         const waiting = this.#waiting;
         this.#waiting = undefined;
-        waiting?.resolve({ code: Number(line.slice(0, 3)), text: line.slice(4), lines });
+        const reply = { code: Number(line.slice(0, 3)), text: line.slice(4), lines };
+        if (waiting) waiting.resolve(reply);
+        else this.#unasked.push(reply);
       }
     }
   }
@@ -74,6 +78,12 @@ export class RawClient {
       this.#waiting = { resolve, reject };
       this.#drain();
     });
+  }
+
+  /** The next reply the server sends without being asked (a 421 when it shuts down). */
+  reply(): Promise<ClientReply> {
+    const unasked = this.#unasked.shift();
+    return unasked ? Promise.resolve(unasked) : this.#next();
   }
 
   /** Sends one command line and waits for its whole reply. */
