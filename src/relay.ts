@@ -3,6 +3,7 @@ import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
 import { MtaSts, Playbook, Providers, Shaper, SharedPolicyCache, UpstreamPool } from './delivery/index.ts';
 import { createResolver, type CacheCount, type FlushCount } from './dns/index.ts';
+import { runDoctor, type DoctorReport } from './doctor/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound, type Drained } from './inbound/index.ts';
 import { HttpServer, type Logger, type Readiness } from './observability/index.ts';
@@ -21,6 +22,8 @@ export interface Relay {
   egress: EgressPool;
   /** DNS cache hits and misses per level and record type, for the metrics endpoint. */
   dnsCounts(): CacheCount[];
+  /** `hygiene-relay doctor`'s checks of the running configuration and keys, on answers fresh from DNS. */
+  doctor(): Promise<DoctorReport>;
   /** Drops every cached DNS answer (`hygiene-relay dns flush`, and each reload). */
   flushDns(): Promise<FlushCount>;
   /**
@@ -131,6 +134,7 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
     egress,
     dnsCounts: () => resolver.counts(),
     flushDns: () => resolver.flush(),
+    doctor: () => runDoctor(ctx.config, resolver.fresh, ctx.keys),
     reload(next) {
       const nextKeys = loadKeys(next, logger);
       const nextPlaybook = loadPlaybook(next);

@@ -4,15 +4,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify } from 'yaml';
-import { KeyRing } from '../src/auth/index.ts';
-import { parseConfig } from '../src/config/index.ts';
-import { uncachedResolver } from '../src/dns/index.ts';
-import { doctorReportSchema, logReport, runDoctor, type DoctorReport } from '../src/doctor/index.ts';
-import { createLogger } from '../src/observability/index.ts';
+import { doctorReportSchema, type DoctorReport } from '../src/doctor/index.ts';
 import { makeKey, type TestKey } from './harness/dkim.ts';
 import type { DnsServer } from './harness/dns-server.ts';
-import { runCli } from './harness/process.ts';
-import { Internet, LogCapture } from './harness/world.ts';
+import { RelayProcess, runCli } from './harness/process.ts';
+import { Internet } from './harness/world.ts';
 
 /** The records a sending domain needs, all correct: PTR and A of its egress, SPF, the DKIM key, DMARC. */
 function publishCorrect(dns: DnsServer, domain: string, ip: string, key: TestKey): void {
@@ -250,25 +246,37 @@ describe('doctor', () => {
     assert.deepEqual(misuse, { code: 2, stdout: '', stderr: 'hygiene-relay: --domain must be a domain name, not "not a domain"; see hygiene-relay doctor --help\n' });
   });
 
-  it('at start-up and on SIGHUP: runDoctor and logReport write one summary record, then one per failure and per warning', async () => {
+  it('a starting relay logs the checks as one summary record and one per failure and warning; SIGHUP runs them again', async () => {
     const { domain, ip, config } = deployment(50);
     internet.dns.remove(`_dmarc.${domain}`);
     internet.dns.set(domain, [{ type: 'TXT', data: `v=spf1 ptr ip4:${ip} -all` }]);
-    const settings = parseConfig(config);
-    const report = await runDoctor(settings, uncachedResolver(settings.dns), KeyRing.load(settings.domains));
-    const logs = new LogCapture();
-    logReport(report, createLogger('info', logs));
-    assert.deepEqual(
-      logs.records.map((r) => [r.level, r.msg, r.component]),
-      [
-        ['error', 'DNS checks: 1 failure, 1 warning', 'doctor'],
-        ['warn', `DNS check warning: ${domain} SPF ptr`, 'doctor'],
-        ['error', `DNS check failed: ${domain} DMARC record`, 'doctor'],
-      ],
-    );
-    assert.deepEqual(logs.records[0].counts, report.counts);
-    assert.deepEqual(logs.records[1].fix, [`${domain}. IN TXT "v=spf1 ip4:${ip} -all"`]);
-    assert.equal(logs.records[2].check, 'dmarc.record');
-    assert.match(logs.records[2].problem as string, /^no DMARC record at _dmarc\./);
+    const relay = await RelayProcess.start(path.join(dir, 'running.yaml'), { ...config, http: null, control: { socket: null } });
+    try {
+      // logReport writes the summary first and the failures last.
+      await relay.waitFor((r) => r.msg === `DNS check failed: ${domain} DMARC record`);
+      const records = relay.records.filter((r) => r.component === 'doctor');
+      assert.deepEqual(
+        records.map((r) => [r.level, r.msg]),
+        [
+          ['error', 'DNS checks: 1 failure, 1 warning'],
+          ['warn', `DNS check warning: ${domain} SPF ptr`],
+          ['error', `DNS check failed: ${domain} DMARC record`],
+        ],
+      );
+      assert.deepEqual(records[1].fix, [`${domain}. IN TXT "v=spf1 ip4:${ip} -all"`]);
+      assert.equal(records[2].check, 'dmarc.record');
+      assert.match(records[2].problem as string, /^no DMARC record at _dmarc\./);
+      const counts = records[0].counts as { warn: number; fail: number };
+      assert.deepEqual([counts.warn, counts.fail], [1, 1]);
+
+      // The admin publishes the DMARC record and reloads: the checks see it at once.
+      internet.dns.add(`_dmarc.${domain}`, { type: 'TXT', data: `v=DMARC1; p=reject; rua=mailto:dmarc@${domain}` });
+      const mark = relay.records.length;
+      relay.child.kill('SIGHUP');
+      const again = await relay.waitFor((r) => r.component === 'doctor' && String(r.msg).startsWith('DNS checks:'), mark);
+      assert.deepEqual([again.level, again.msg], ['warn', 'DNS checks: 0 failures, 1 warning']);
+    } finally {
+      await relay.stop();
+    }
   });
 });

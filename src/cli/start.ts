@@ -2,6 +2,7 @@ import { DkimKeyError } from '../auth/index.ts';
 import { ConfigError, loadConfig } from '../config/index.ts';
 import { ControlServer } from '../control/index.ts';
 import { PlaybookError } from '../delivery/index.ts';
+import { logReport } from '../doctor/index.ts';
 import { IdentityError } from '../identity/index.ts';
 import { createLogger } from '../observability/index.ts';
 import { startRelay } from '../relay.ts';
@@ -41,12 +42,16 @@ export async function start(args: string[]): Promise<void> {
   // Listening before "relay started": from that record on, `dns flush` reaches this relay.
   const control = config.control.socket ? await ControlServer.listen(config.control.socket, { 'dns flush': async () => flushAnswer(await relay.flushDns()) }, logger) : undefined;
   logger.info({ ports: relay.ports, httpPort: relay.httpPort, config: file }, 'relay started');
+  // doctor's checks, logged: what to publish is in the log before the first message needs it.
+  const checkDns = () => void relay.doctor().then((report) => logReport(report, logger), (err: Error) => logger.error({ err }, 'DNS checks failed to run'));
+  checkDns();
   // SIGHUP: key rotation and config changes without a restart; a broken file changes nothing.
   process.on('SIGHUP', () => {
     try {
       const restartNeeded = relay.reload(loadConfig(file));
       if (restartNeeded.length) logger.warn({ restartNeeded }, 'configuration reloaded; these sections apply only after a restart');
       else logger.info({ config: file }, 'configuration reloaded');
+      checkDns();
     } catch (err) {
       logger.error({ error: (err as Error).message }, 'reload refused: the running configuration stays in use');
     }
