@@ -24,9 +24,11 @@ export class RelayProcess {
   readonly lines: string[];
   #waiters: { match: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }[] = [];
   #lineWaiters: { match: (line: string) => boolean; resolve: (line: string) => void }[] = [];
+  #stderr: () => string;
 
-  private constructor(child: ChildProcess, port: number, records: Record<string, unknown>[], lines: string[], input: ReturnType<typeof createInterface>, text: boolean) {
+  private constructor(child: ChildProcess, port: number, records: Record<string, unknown>[], lines: string[], input: ReturnType<typeof createInterface>, text: boolean, stderr: () => string) {
     this.child = child;
+    this.#stderr = stderr;
     this.port = port;
     this.records = records;
     this.lines = lines;
@@ -36,6 +38,11 @@ export class RelayProcess {
       const record = records[records.length - 1];
       this.#waiters = this.#waiters.filter((w) => (w.match(record) ? (w.resolve(record), false) : true));
     });
+  }
+
+  /** Everything written to its standard error so far (Node's own warnings land there). */
+  get stderr(): string {
+    return this.#stderr();
   }
 
   /** The first line of standard output from `index` on that matches, already written or still to come. */
@@ -73,7 +80,7 @@ export class RelayProcess {
       });
       child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${stderr}`)));
     });
-    return new RelayProcess(child, port, records, lines, input, options.text ?? false);
+    return new RelayProcess(child, port, records, lines, input, options.text ?? false, () => stderr);
   }
 
   /** A line of /proc/PID/status in bytes (VmRSS: resident now, VmHWM: the peak so far). */
@@ -84,8 +91,17 @@ export class RelayProcess {
     return Number(match[1]) * 1024;
   }
 
+  /** SIGKILL, as a crash or the OOM killer: no drain, nothing cleaned up. */
+  async kill(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once('exit', resolve));
+    this.child.kill('SIGKILL');
+    await exited;
+  }
+
   async stop(): Promise<number | null> {
-    if (this.child.exitCode !== null) return this.child.exitCode;
+    // Already gone (exited, or killed: then exitCode stays null and signalCode says why).
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.child.exitCode;
     const exited = new Promise<number | null>((resolve) => this.child.once('exit', (code) => resolve(code)));
     this.child.kill('SIGTERM');
     return exited;
