@@ -7,7 +7,7 @@ import { runDoctor, type DoctorReport } from './doctor/index.ts';
 import { EgressPool } from './identity/index.ts';
 import { Inbound, type Drained } from './inbound/index.ts';
 import { HttpServer, type Logger, type Readiness } from './observability/index.ts';
-import { createMemo, type RelayContext } from './proxy/index.ts';
+import { createMemo, sweepSpool, type RelayContext } from './proxy/index.ts';
 import { connectShared, storesDown } from './redis/index.ts';
 
 export interface Relay {
@@ -117,6 +117,7 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
     if (config.http) http = await HttpServer.listen(config.http, readiness, logger);
     await Promise.all([resolver.ready(), memo.ready(), shared?.ready]);
     await egress.start();
+    await sweepSpool(config.delivery.spool.dir, logger);
     await inbound.listen();
     started = true;
   } catch (err) {
