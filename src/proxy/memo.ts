@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
+import path from 'node:path';
 import type { DatabaseSync, StatementSync } from 'node:sqlite';
 import { Cluster, type Redis } from 'ioredis';
 import { LRUCache } from 'lru-cache';
@@ -97,7 +98,7 @@ class StoreMemo implements DeliveryMemo {
       if (this.#config.path) throw new ConfigError(`memo.path: cannot open ${file} (${reason})`);
       this.#logger.warn(
         { path: file, error: reason },
-        `delivery memo: cannot open ${file}, keeping it in process memory: after a restart, a retry of a message that reached only some recipients reaches them again. Create ${DEFAULT_MEMO_PATH.slice(0, DEFAULT_MEMO_PATH.lastIndexOf('/'))} writable by the relay, or set memo.path`,
+        `delivery memo: cannot open ${file}, keeping it in process memory: after a restart, a retry of a message that reached only some recipients reaches them again. Create ${path.dirname(file)} writable by the relay, or set memo.path`,
       );
       this.#fallback = new LocalMemo(this.#config);
     }
