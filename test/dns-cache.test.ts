@@ -288,19 +288,27 @@ describe('the relay with its DNS cache', () => {
     const relays: RelayProcess[] = [];
     try {
       relays.push(await RelayProcess.start(path.join(dir, 'first.yaml'), config));
+      // doctor's checks at start-up ask DNS afresh, on purpose: what the messages ask is counted from here.
+      await relays[0].waitFor((r) => String(r.msg).startsWith('DNS checks:'));
+      internet.dns.resetLog();
       for (let i = 0; i < 10; i++) {
         const sent = await send(relays[0].port, 'alice@example.test', ['bob@gmail.test'], message({ subject: `first ${i}` }));
         assert.equal(sent.data?.code, 250, JSON.stringify(sent));
       }
       const asked = new Map<string, number>();
       for (const q of internet.dns.queries) asked.set(`${q.type} ${q.name}`, (asked.get(`${q.type} ${q.name}`) ?? 0) + 1);
-      for (const question of ['MX gmail.test', 'A mx.gmail.test', 'TXT example.test', 'TXT s1._domainkey.example.test', 'TXT _dmarc.example.test']) {
+      for (const question of ['MX gmail.test', 'A mx.gmail.test']) {
         assert.equal(asked.get(question), 1, `${question}: ${JSON.stringify([...asked])}`);
+      }
+      // doctor asked these afresh and cached what it got (both levels): the messages ask them never.
+      for (const question of ['TXT example.test', 'TXT s1._domainkey.example.test', 'TXT _dmarc.example.test']) {
+        assert.equal(asked.get(question), undefined, `${question}: ${JSON.stringify([...asked])}`);
       }
       assert.deepEqual([...asked].filter(([, count]) => count > 1), [], 'no question asked twice');
 
-      internet.dns.resetLog();
       relays.push(await RelayProcess.start(path.join(dir, 'second.yaml'), config));
+      await relays[1].waitFor((r) => String(r.msg).startsWith('DNS checks:'));
+      internet.dns.resetLog();
       for (let i = 0; i < 10; i++) {
         const sent = await send(relays[1].port, 'alice@example.test', ['bob@gmail.test'], message({ subject: `second ${i}` }));
         assert.equal(sent.data?.code, 250, JSON.stringify(sent));

@@ -208,7 +208,7 @@ describe('log.format: line, from the relay process', () => {
 
   it('writes one line per record, a transaction as its summary', async () => {
     const started = await relay.waitForLine((line) => line.includes('relay started'));
-    assert.match(started, new RegExp(`^\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z info relay started ports=\\[${relay.port}\\] config=\\S+relay\\.yaml$`));
+    assert.match(started, new RegExp(`^\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z info relay started ports=\\[${relay.port}\\] httpPort=\\d+ config=\\S+relay\\.yaml$`));
     const sent = await send(relay.port, 'alice@example.test', ['bob@gmail.test'], message());
     assert.equal(sent.data?.code, 250);
     const id = /\(relay id (\S+)\)/.exec(sent.data!.text)![1];
