@@ -44,11 +44,11 @@ export interface Relay {
 // Read once at start (sockets, resolver, Redis connection, logger): a reload cannot change them.
 const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log', 'control', 'http'] as const;
 const RESTART_ONLY_DELIVERY = ['redis'] as const;
-const RESTART_ONLY_LIMITS = ['maxMessageSize', 'maxClients', 'clientTimeout'] as const;
+const RESTART_ONLY_LIMITS = ['maxMessageSize', 'maxClients', 'clientTimeout', 'maxSessionTime', 'strangers', 'authFailures', 'redis'] as const;
 
 function restartOnly(before: Config, after: Config): string[] {
   const changed: string[] = RESTART_ONLY.filter((key) => JSON.stringify(before[key]) !== JSON.stringify(after[key]));
-  changed.push(...RESTART_ONLY_LIMITS.filter((key) => before.limits[key] !== after.limits[key]).map((key) => `limits.${key}`));
+  changed.push(...RESTART_ONLY_LIMITS.filter((key) => JSON.stringify(before.limits[key]) !== JSON.stringify(after.limits[key])).map((key) => `limits.${key}`));
   changed.push(...RESTART_ONLY_DELIVERY.filter((key) => JSON.stringify(before.delivery[key]) !== JSON.stringify(after.delivery[key])).map((key) => `delivery.${key}`));
   if ((before.clients.users.length === 0) !== (after.clients.users.length === 0)) changed.push('clients.users (AUTH offered or not)');
   return changed;
@@ -115,13 +115,14 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
   try {
     // First: /readyz answers (unready) while the rest starts and while a listener waits for its address.
     if (config.http) http = await HttpServer.listen(config.http, readiness, logger);
-    await Promise.all([resolver.ready(), memo.ready(), shared?.ready]);
+    await Promise.all([resolver.ready(), memo.ready(), shared?.ready, inbound.ready()]);
     await egress.start();
     await sweepSpool(config.delivery.spool.dir, logger);
     await inbound.listen();
     started = true;
   } catch (err) {
-    // Nothing may stay behind (Redis reconnecting, timers) when start-up fails.
+    // Nothing may stay behind (Redis reconnecting, timers, a listener retrying) when start-up fails.
+    await inbound.drain(0);
     await stop();
     throw err;
   }

@@ -274,8 +274,33 @@ export const configSchema = z.strictObject({
     .strictObject({
       maxMessageSize: size.default(50 * 1024 * 1024),
       maxRecipients: z.number().int().positive().default(100),
+      /** Connections per listener from trusted networks and authenticated clients: never taken by strangers. */
       maxClients: z.number().int().positive().default(200),
+      /** Idle time allowed, and the time a whole command line may take: a client trickling bytes does not extend it. */
       clientTimeout: duration.prefault('5m'),
+      /** No session lasts longer, however busy (a trickled DATA included). */
+      maxSessionTime: duration.prefault('1h'),
+      /** Connections from outside clients.networks, until they authenticate: a budget of their own, per listener. */
+      strangers: z
+        .strictObject({
+          total: z.number().int().min(0).default(20),
+          perAddress: z.number().int().min(0).default(2),
+          /** A stranger has this long to authenticate; without users configured it has nothing to do here at all. */
+          sessionTime: duration.prefault('1m'),
+        })
+        .prefault({}),
+      /** Failed AUTH attempts, counted across connections per client address and per user name within `window`. */
+      authFailures: z
+        .strictObject({
+          perAddress: z.number().int().positive().default(10),
+          perUser: z.number().int().positive().default(10),
+          window: duration.prefault('15m'),
+          /** Over a limit: every AUTH from that address, or for that user, is answered 454 4.7.0 this long. */
+          block: duration.prefault('15m'),
+        })
+        .prefault({}),
+      /** AUTH failure counts shared by every replica; per process when absent. */
+      redis: redisSettings.optional(),
     })
     .prefault({}),
   clients: z

@@ -8,7 +8,9 @@ import type { SpfVerdict } from '../auth/index.ts';
 import { RefusalLog, Transaction, senderDomainAllowed, type PolicyReason, type RelayContext } from '../proxy/index.ts';
 import { failure, toSmtpError, type Outcome } from '../smtp/index.ts';
 import { ClientAuthorization } from './authorization.ts';
-import { adoptListener, drainListener, type Drained } from './smtp-server-fixes.ts';
+import { AuthLimits } from './auth-limits.ts';
+import { ConnectionSlots } from './slots.ts';
+import { adoptListener, drainListener, endSessionById, type Drained } from './smtp-server-fixes.ts';
 
 export { hashPassword, verifyPassword } from './passwords.ts';
 export type { Drained } from './smtp-server-fixes.ts';
@@ -33,7 +35,7 @@ new Gauge({
 });
 const connectionsRefused = new Counter({
   name: `${METRIC_PREFIX}client_connections_refused_total`,
-  help: 'Client sessions the listener itself ended with an error reply, by reason: too_many_clients, timeout, early_talker (spoke before the greeting), shutting_down, protocol (anything else)',
+  help: 'Client sessions the listener itself ended with an error reply, by reason: too_many_clients (trusted slots full), strangers (the budget of addresses outside the trusted networks), timeout (no complete command in time), session_time, early_talker (spoke before the greeting), shutting_down, protocol (anything else)',
   labelNames: ['reason'],
 });
 const authFailures = new Counter({
@@ -44,6 +46,8 @@ const authFailures = new Counter({
 /** A bounded name for a session refusal smtp-server wrote itself. */
 function sessionRefusalReason(reply: string): string {
   if (/too many connected clients/i.test(reply)) return 'too_many_clients';
+  if (/too many connections from outside/i.test(reply)) return 'strangers';
+  if (/session longer than|authenticate within/i.test(reply)) return 'session_time';
   if (/timeout/i.test(reply)) return 'timeout';
   if (/talk too soon/i.test(reply)) return 'early_talker';
   if (/shutting down/i.test(reply)) return 'shutting_down';
@@ -106,6 +110,9 @@ export class Inbound {
   #servers: Listening[] = [];
   /** Listeners still waiting for their address, and the timer of their next attempt. */
   #unbound = new Map<SMTPServer, { listener: ListenerConfig; error: string; timer?: NodeJS.Timeout }>();
+  /** Strangers' sessions that must authenticate before their timer fires. */
+  #strangerTimers = new Map<string, NodeJS.Timeout>();
+  #authLimits: AuthLimits;
   #draining = false;
 
   constructor(ctx: RelayContext, egress: EgressPool) {
@@ -114,6 +121,12 @@ export class Inbound {
     this.#logger = ctx.logger.child({ component: 'inbound' });
     this.#clients = new ClientAuthorization(ctx.config.clients);
     this.#refusals = new RefusalLog(ctx.logger.child({ component: 'inbound' }));
+    this.#authLimits = new AuthLimits(ctx.config.limits, this.#logger);
+  }
+
+  /** Settles once the shared AUTH failure counts connected, or failed to. */
+  ready(): Promise<void> {
+    return this.#authLimits.ready;
   }
 
   /** New transactions use the new context (config, keys, clients); those in flight keep theirs. */
@@ -142,7 +155,7 @@ export class Inbound {
     for (const warning of tls?.warnings ?? []) this.#logger.warn({ warning }, 'TLS warning');
     for (const listener of config.listeners) {
       const server = this.#createServer(listener, config, tls?.credentials);
-      adoptListener(server, (connection, reply) => this.#heard(connection, reply));
+      adoptListener(server, (connection, reply) => this.#heard(connection, reply), { command: config.limits.clientTimeout, session: config.limits.maxSessionTime });
       servers.add(server);
       try {
         await this.#bind(server, listener);
@@ -198,6 +211,7 @@ export class Inbound {
     for (const { server } of this.#servers) servers.delete(server);
     this.#servers = [];
     this.#refusals.close();
+    this.#authLimits.close();
     return { idle: drained.reduce((sum, d) => sum + d.idle, 0), cut: drained.reduce((sum, d) => sum + d.cut, 0) };
   }
 
@@ -208,7 +222,8 @@ export class Inbound {
   #createServer(listener: ListenerConfig, config: Config, tls: { key: Buffer; cert: Buffer } | undefined): SMTPServer {
     const usesTls = listener.starttls || listener.implicitTls;
     const disabled = [...(usesTls ? [] : ['STARTTLS']), ...(this.#clients.hasUsers ? [] : ['AUTH'])];
-    return new SMTPServer({
+    const slots = new ConnectionSlots(config.limits);
+    const server: SMTPServer = new SMTPServer({
       // Replies still owed after the client's FIN are written (smtp-server-fixes.ts).
       allowHalfOpen: true,
       name: this.#egress.select()?.helo,
@@ -220,7 +235,8 @@ export class Inbound {
       authOptional: true,
       authMethods: ['PLAIN', 'LOGIN'],
       size: config.limits.maxMessageSize,
-      maxClients: config.limits.maxClients,
+      // The hard ceiling; `slots` shares it out between the relay's clients and strangers.
+      maxClients: slots.ceiling,
       // Only the listed load balancers may say who the client is; anyone else could claim a trusted network.
       useProxy: listener.proxyProtocol.length ? listener.proxyProtocol : false,
       // The client's PTR is not needed to relay, and a lookup would bypass the configured resolver.
@@ -231,11 +247,43 @@ export class Inbound {
       // TLS to hosts that take it on (delivery/connect.ts), or is refused with 5.7.30.
       hideREQUIRETLS: false,
       logger: false,
+      onConnect: (session, callback) => {
+        const trusted = this.#clients.client(session.remoteAddress, undefined) !== undefined;
+        const refused = slots.admit(session.id, session.remoteAddress, trusted);
+        if (refused) return reject(refused, callback);
+        if (!trusted) {
+          const { sessionTime } = config.limits.strangers;
+          const timer = setTimeout(
+            () => endSessionById(server, session.id, `4.7.0 Authenticate within ${sessionTime / 1000} s or leave: ${session.remoteAddress} is not in a trusted network`),
+            sessionTime,
+          ).unref();
+          this.#strangerTimers.set(session.id, timer);
+        }
+        callback();
+      },
       onAuth: (auth, session, callback) => {
         const user = auth.username ?? '';
-        this.#clients.authenticate(user, auth.password ?? '').then(
+        const address = session.remoteAddress;
+        const attempt = async () => {
+          // Blocked: the same answer whichever limit it is, the right password too, and no scrypt run.
+          if (await this.#authLimits.blocked(address, user)) return 'blocked' as const;
+          const found = await this.#clients.authenticate(user, auth.password ?? '');
+          if (!found) await this.#authLimits.failed(address, user);
+          return found;
+        };
+        attempt().then(
           (found) => {
-            if (found) return callback(null, { user: found.name });
+            if (found === 'blocked') {
+              const reply = this.#answer(session.id, () => callback(Object.assign(new Error('4.7.0 Too many failed authentication attempts; try again later'), { responseCode: 454 })));
+              this.#refusals.refused({ client: address, stage: 'AUTH', user, reply, reason: 'authentication blocked after repeated failures' });
+              return;
+            }
+            if (found) {
+              slots.promote(session.id);
+              clearTimeout(this.#strangerTimers.get(session.id));
+              this.#strangerTimers.delete(session.id);
+              return callback(null, { user: found.name });
+            }
             authFailures.inc();
             const failures = (this.#authFailures.get(session.id) ?? 0) + 1;
             this.#authFailures.set(session.id, failures);
@@ -291,12 +339,16 @@ export class Inbound {
         );
       },
       onClose: (session) => {
+        slots.release(session.id);
+        clearTimeout(this.#strangerTimers.get(session.id));
+        this.#strangerTimers.delete(session.id);
         this.#authFailures.delete(session.id);
         const transaction = this.#transactions.get(session.id);
         this.#transactions.delete(session.id);
         void transaction?.abort('the client closed the connection');
       },
     });
+    return server;
   }
 
   /**

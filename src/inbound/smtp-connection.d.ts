@@ -15,6 +15,8 @@ declare module 'smtp-server/lib/smtp-connection.js' {
     _upgrading?: boolean;
     _closing?: boolean;
     _closed?: boolean;
+    _parser?: { _dataMode?: boolean } | false;
+    _onClose(): void;
     send(code: number, data?: string | string[], context?: string | false): void;
     _onCommand(command: Buffer, callback?: () => void): void;
     _createParser(): Writable;

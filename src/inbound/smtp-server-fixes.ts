@@ -24,7 +24,11 @@ import { wrapReplyText } from '../smtp/index.ts';
  * And a listener hears every reply exactly as it went on the wire (`onReply`), so that what
  * the log says the client was told is what the client was told.
  *
- * 3. smtp-server's own close() answers every command with 421 at once, also the DATA of a
+ * 3. smtp-server's idle timeout starts again with every byte, so a client that trickles one a
+ *    second holds its connection forever. An adopted listener also gives each command line a
+ *    deadline from the reply before it (the per-record deadline of Postfix's smtpd), and each
+ *    session a maximum length (`SessionLimits`).
+ * 4. smtp-server's own close() answers every command with 421 at once, also the DATA of a
  *    transaction half done, and leaves idle sessions open for its 30 s close timeout. A
  *    drained listener (`drainListener`) lets the current transaction finish and then ends
  *    each session, idle ones at once, with `421 4.3.2` (RFC 5321 §3.8: the server may close
@@ -39,17 +43,27 @@ export const WRITTEN_FOR = '3.21.6';
  */
 export type ReplyObserver = (connection: { id: string; remoteAddress: string }, reply: string) => void;
 
+/** How long a whole command line may take, and a whole session (milliseconds). */
+export interface SessionLimits {
+  command: number;
+  session: number;
+}
+
 const listeners = new WeakMap<SMTPServer, ReplyObserver>();
+const limits = new WeakMap<SMTPServer, SessionLimits>();
+/** Per connection: the deadline of the command awaited, the session's, and why it must end after the reply it is owed. */
+const deadlines = new WeakMap<SMTPConnection, { command?: NodeJS.Timeout; session?: NodeJS.Timeout; ending?: string }>();
 const draining = new WeakSet<SMTPServer>();
 const SHUTTING_DOWN = '4.3.2 Service shutting down, try again later';
 const ENHANCED = /^[245]\.\d{1,3}\.\d{1,3} /;
 let installed = false;
 
-export function adoptListener(server: SMTPServer, onReply: ReplyObserver): void {
+export function adoptListener(server: SMTPServer, onReply: ReplyObserver, sessionLimits: SessionLimits): void {
   listeners.set(server, onReply);
+  limits.set(server, sessionLimits);
   if (installed) return;
   installed = true;
-  const { send, _createParser: createParser, _onCommand: onCommand } = SMTPConnection.prototype;
+  const { send, _createParser: createParser, _onCommand: onCommand, _onClose: onClose } = SMTPConnection.prototype;
   SMTPConnection.prototype.send = function (this: SMTPConnection, code: number, data?: string | string[], context?: string | false) {
     const onReply = listeners.get(this._server);
     if (!onReply) return send.call(this, code, data, context);
@@ -78,12 +92,20 @@ export function adoptListener(server: SMTPServer, onReply: ReplyObserver): void 
       // The reply that ends a transaction (or refuses its MAIL) leaves the session idle: once
       // smtp-server has reset it, a draining listener ends it.
       if (draining.has(this._server)) setImmediate(() => endIfIdle(this));
+      afterReply(this, code);
     }
   };
   SMTPConnection.prototype._onCommand = function (this: SMTPConnection, command: Buffer, callback?: () => void) {
+    if (limits.has(this._server)) clearTimeout(deadlines.get(this)?.command);
     // A command that would start something new while draining; one inside a transaction (RCPT, DATA) goes on.
     if (draining.has(this._server) && idle(this)) return this.send(421, SHUTTING_DOWN);
     return onCommand.call(this, command, callback);
+  };
+  SMTPConnection.prototype._onClose = function (this: SMTPConnection) {
+    const timers = deadlines.get(this);
+    clearTimeout(timers?.command);
+    clearTimeout(timers?.session);
+    return onClose.call(this);
   };
   SMTPConnection.prototype._createParser = function (this: SMTPConnection) {
     const parser = createParser.call(this);
@@ -137,4 +159,61 @@ export function drainListener(server: SMTPServer, timeout: number): Promise<Drai
     for (const socket of internals._pendingSockets.values()) socket.destroy();
     for (const connection of internals.connections) if (endIfIdle(connection)) closedIdle++;
   });
+}
+
+/**
+ * After each reply of an adopted listener: the session's deadline starts with the first (the
+ * greeting); the next command line's starts now, except while the message is coming (354)
+ * or the connection is ending; a session whose end is due ends once it is owed nothing.
+ */
+function afterReply(connection: SMTPConnection, code: number): void {
+  const own = limits.get(connection._server);
+  if (!own || connection._closing || connection._closed) return;
+  let timers = deadlines.get(connection);
+  if (!timers) {
+    timers = {};
+    deadlines.set(connection, timers);
+    timers.session = setTimeout(() => endSession(connection, `4.4.2 Session longer than ${own.session / 1000} s, closing connection`), own.session).unref();
+  }
+  if (timers.ending) {
+    const reason = timers.ending;
+    setImmediate(() => endSession(connection, reason));
+    return;
+  }
+  clearTimeout(timers.command);
+  if (code === 354) return;
+  // RFC 5321 §4.5.3.2.7 gives the server minutes to wait for a command; not for one byte of it at a time.
+  timers.command = setTimeout(() => endSession(connection, `4.4.2 Timeout: no complete command within ${own.command / 1000} s, closing connection`), own.command).unref();
+}
+
+/** The relay owes the client a reply (a handler running, a message being decided on): ending now would waste it. */
+function owesReply(connection: SMTPConnection): boolean {
+  return Boolean(connection._handlerPending || (connection._dataStream && !(connection._parser && connection._parser._dataMode)));
+}
+
+/**
+ * Ends a session with a 421 (RFC 5321 §3.8), now, or right after the reply the relay still
+ * owes it, which is never cut short: a client told 421 mid-DATA got no 250 and retries.
+ */
+function endSession(connection: SMTPConnection, reason: string): void {
+  if (connection._closing || connection._closed) return;
+  if (owesReply(connection)) {
+    const timers = deadlines.get(connection) ?? {};
+    timers.ending = reason;
+    deadlines.set(connection, timers);
+    return;
+  }
+  connection.send(421, reason);
+}
+
+/** Ends one session of an adopted listener by its id (a stranger that did not authenticate in time); false when it is gone. */
+export function endSessionById(server: SMTPServer, id: string, reason: string): boolean {
+  const internals = server as unknown as { connections: Set<SMTPConnection> };
+  for (const connection of internals.connections) {
+    if (connection.id === id) {
+      endSession(connection, reason);
+      return true;
+    }
+  }
+  return false;
 }
