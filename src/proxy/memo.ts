@@ -183,9 +183,20 @@ class StoreMemo implements DeliveryMemo {
 }
 
 /**
+ * How long into a Redis outage the memo waits for it to come back before carrying on
+ * without it. A Redis restarted by its supervisor or a Sentinel failover is back within
+ * this, and a replica that went on alone in that moment would miss what another one
+ * recorded (the soak, test/soak.test.ts, found that duplicate); past it, the outage is real
+ * and mail flows at once on the local memo. ioredis tries again after 50, 100, 150… ms, so a
+ * server back within about 1.5 s is reconnected within this.
+ */
+const RECONNECT_GRACE_MS = 2000;
+
+/**
  * Shared by every replica, so a retry that lands on another replica still skips what was
  * delivered. Redis trouble never fails a message: the local memo carries on (a retry on
- * another replica during an outage may then duplicate, which is better than losing mail).
+ * another replica during an outage longer than RECONNECT_GRACE_MS may then duplicate, which
+ * is better than losing mail).
  */
 class RedisMemo implements DeliveryMemo {
   static readonly prefix = 'hygiene-relay:memo:v2:';
@@ -198,19 +209,56 @@ class RedisMemo implements DeliveryMemo {
   #local: LocalMemo;
   #ttl: number;
   #logger: Logger;
+  /** When the connection was lost, while it is. */
+  #awaySince?: number;
 
   constructor(config: Config['memo'] & { redis: RedisSettings }, logger: Logger) {
     this.#ttl = config.ttl;
     this.#local = new LocalMemo(config);
     this.#logger = logger;
     this.#shared = connectShared(config.redis, { timeout: 500, what: 'delivery memo', logger });
+    this.#shared.client.on('close', () => (this.#awaySince ??= Date.now()));
+    this.#shared.client.on('ready', () => (this.#awaySince = undefined));
+  }
+
+  /** Connected, or it came back within the grace of the outage (true); false once that is over. */
+  async #reconnected(): Promise<boolean> {
+    const client = this.#shared.client;
+    if (client.status === 'ready') return true;
+    const left = (this.#awaySince ?? 0) + RECONNECT_GRACE_MS - Date.now();
+    if (left <= 0) return false;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        client.off('ready', done);
+        resolve();
+      };
+      const timer = setTimeout(done, left);
+      client.once('ready', done);
+    });
+    // Read again: the status changed while this waited.
+    return this.#shared.client.status === 'ready';
+  }
+
+  /**
+   * A command (idempotent: MGET, SET) on the shared memo; one cut by the restart itself, its
+   * connection lost in the middle, is sent once more on the new connection.
+   */
+  async #command<T>(command: () => Promise<T>): Promise<T> {
+    await this.#reconnected();
+    try {
+      return await command();
+    } catch (err) {
+      if (this.#shared.client.status === 'ready' || !(await this.#reconnected())) throw err;
+      return command();
+    }
   }
 
   async lookup(keys: MemoKey[]) {
     const local = await this.#local.lookup(keys);
     if (keys.length === 0) return local;
     try {
-      const shared = await this.#shared.client.mget(keys.map((key) => RedisMemo.key(key)));
+      const shared = await this.#command(() => this.#shared.client.mget(keys.map((key) => RedisMemo.key(key))));
       this.#shared.succeeded();
       return shared.map((value, i) => (value === 'delivered' || value === 'bounced' ? value : local[i]));
     } catch (err) {
@@ -223,11 +271,13 @@ class RedisMemo implements DeliveryMemo {
     await this.#local.record(entries);
     if (entries.length === 0) return;
     try {
-      const pipeline = this.#shared.client.pipeline();
-      for (const entry of entries) pipeline.set(RedisMemo.key(entry.key), entry.state, 'PX', this.#ttl);
-      // exec() resolves even when the commands failed: each result carries its own error.
-      const failed = (await pipeline.exec())?.find(([err]) => err)?.[0];
-      if (failed) throw failed;
+      await this.#command(async () => {
+        const pipeline = this.#shared.client.pipeline();
+        for (const entry of entries) pipeline.set(RedisMemo.key(entry.key), entry.state, 'PX', this.#ttl);
+        // exec() resolves even when the commands failed: each result carries its own error.
+        const failed = (await pipeline.exec())?.find(([err]) => err)?.[0];
+        if (failed) throw failed;
+      });
       this.#shared.succeeded();
     } catch (err) {
       this.#shared.failed(err);

@@ -22,11 +22,15 @@ export interface ScriptedReply {
  * `250 2.6.0 OK: message queued` unless a 2xx reply from `data` supplies the text.
  */
 export interface DestinationScript {
+  /** A reply instead of the greeting (a `421` when busy): smtp-server sends it and closes the connection. */
+  connect?: () => ScriptedReply | undefined;
   mailFrom?: (address: string) => ScriptedReply | undefined;
   rcptTo?: (address: string) => ScriptedReply | undefined;
   data?: (message: Buffer, envelope: Envelope) => ScriptedReply | undefined;
-  /** Destroy the client's socket once part of the DATA has arrived, before any reply. */
-  dropMidData?: boolean;
+  /** Destroy the client's socket at this RCPT TO instead of answering it (a connection reset). */
+  dropAtRcpt?: (address: string) => boolean;
+  /** Destroy the client's socket once part of the DATA has arrived, before any reply; a function decides per DATA. */
+  dropMidData?: boolean | (() => boolean);
 }
 
 export interface Envelope {
@@ -218,8 +222,14 @@ export class Destination {
         instance().mailFroms.push(address.address);
         callback(replyError(instance().#run(() => instance().script.mailFrom?.(address.address))));
       },
-      onRcptTo: (address, _session, callback) =>
-        callback(replyError(instance().#run(() => instance().script.rcptTo?.(address.address)))),
+      onRcptTo: (address, session, callback) => {
+        if (instance().script.dropAtRcpt?.(address.address)) {
+          // The callback stays uncalled, as for dropMidData: nobody is left to answer.
+          instance().#connection(session.id)?._socket.destroy();
+          return;
+        }
+        callback(replyError(instance().#run(() => instance().script.rcptTo?.(address.address))));
+      },
       onData: (stream, session, callback) => instance().#onData(stream, session, callback),
     };
     const server = new ProviderServer(serverOptions);
@@ -292,7 +302,7 @@ export class Destination {
 
   #onConnect(_session: SMTPServerSession, callback: (error?: Error | null) => void): void {
     this.#connections += 1;
-    callback();
+    callback(replyError(this.#run(() => this.script.connect?.())));
   }
 
   #onSecure(socket: net.Socket | TLSSocket, session: SMTPServerSession, callback: (error?: Error | null) => void): void {
@@ -326,7 +336,8 @@ export class Destination {
     // smtp-server destroys the stream when the client goes away; a listener keeps that quiet.
     stream.on('error', () => undefined);
 
-    if (this.script.dropMidData) {
+    const drop = this.script.dropMidData;
+    if (typeof drop === 'function' ? drop() : drop) {
       stream.once('data', () => {
         const connection = this.#connection(session.id);
         if (connection) connection._socket.destroy();

@@ -23,6 +23,15 @@ export class RedisServer {
     return RedisServer.#spawn(['--port', String(chosen), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra], chosen, 'Ready to accept connections');
   }
 
+  /**
+   * One that keeps every write across a crash: AOF in `dir`, fsynced before each reply, so
+   * a SIGKILL loses nothing acknowledged. Started again on the same port and `dir`, it has
+   * what it had (later arguments override start()'s `--appendonly no`).
+   */
+  static persistent(dir: string, port?: number): Promise<RedisServer> {
+    return RedisServer.start(port, ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir]);
+  }
+
   /** A Sentinel watching the master group `name` at `master` (it rewrites its config file, so it gets one of its own). */
   static async sentinel(name: string, master: RedisServer): Promise<RedisServer> {
     const port = await freePort();
