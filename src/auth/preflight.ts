@@ -337,9 +337,10 @@ export async function predictFromParts(options: {
   const alignedDkim = verdict ? verdict.alignment?.dkim?.result : undefined;
   for (const d of dkim) d.aligned = d.result === 'pass' && d.domain === alignedDkim;
   const dmarcResult = verdict ? verdict.status.result : 'none';
+  // In the order mailauth writes them (DKIM, SPF, DMARC): one form of the line, whichever way it was predicted.
   const parts = [
-    `spf=${options.spf.result} smtp.mailfrom=${options.sender || '<>'}`,
     ...dkim.map((d) => `dkim=${d.result}${d.domain ? ` header.d=${d.domain} header.s=${d.selector}` : ''}`),
+    `spf=${options.spf.result} smtp.mailfrom=${options.sender || '<>'}`,
     `dmarc=${dmarcResult}${verdict && verdict.policy ? ` (p=${verdict.policy})` : ''} header.from=${options.author}`,
   ];
   return {
