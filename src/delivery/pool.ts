@@ -37,6 +37,14 @@ const sessionSeconds = new Histogram({
   buckets: SECONDS_BUCKETS,
 });
 
+/**
+ * A session idle for less than this is reused as it is when its last transaction ended with
+ * the message accepted or an RSET, which leaves it ready for the next (RFC 5321 §4.1.1.4, §4.1.1.5),
+ * and a peer that closed it since has been seen doing so. Past it, an RSET checks it first: a socket dropped silently while idle
+ * would otherwise hold the client for a whole command timeout.
+ */
+const TRUSTED_IDLE_MS = 2000;
+
 /** How long an idle session may take to answer the RSET that checks it before reuse. */
 const HEALTH_CHECK_MS = 10_000;
 
@@ -77,6 +85,10 @@ interface Idle {
   /** `provider:egress` when the session holds a provider's slot. */
   shapingKey: string | undefined;
   timer: NodeJS.Timeout;
+  /** When it went idle. */
+  since: number;
+  /** Its last transaction ended with the DATA reply or an RSET: nothing of it is left open. */
+  atBoundary: boolean;
 }
 
 /**
@@ -186,6 +198,8 @@ export class UpstreamPool {
   ): UpstreamLease {
     let finished = false;
     let throttled = false;
+    // Whether the session is between transactions: after MAIL FROM it is not, until the DATA reply or an RSET.
+    let atBoundary = true;
     const { session, mxHost } = connected;
     const { provider, egressIp } = shaping;
     const hear = (reply: Reply): Reply => {
@@ -204,14 +218,23 @@ export class UpstreamPool {
       get throttled() {
         return throttled;
       },
-      mailFrom: async (sender, params) => hear(await session.mailFrom(sender, params)),
+      mailFrom: async (sender, params) => {
+        atBoundary = false;
+        return hear(await session.mailFrom(sender, params));
+      },
       rcptTo: async (address) => hear(await session.rcptTo(address)),
       data: async (message) => {
         const reply = hear(await session.data(message));
+        // A refusal may be of the DATA command itself, which leaves the transaction open (RFC 5321 §3.3).
+        atBoundary = reply.code >= 200 && reply.code < 300;
         if (provider && reply.code >= 200 && reply.code < 300) void this.#shaper.delivered(provider, egressIp);
         return reply;
       },
-      rset: () => session.rset(),
+      rset: async () => {
+        const reply = await session.rset();
+        atBoundary = true;
+        return reply;
+      },
       finish: async (reusable) => {
         if (finished) return;
         finished = true;
@@ -223,6 +246,8 @@ export class UpstreamPool {
           connected,
           slot,
           shapingKey,
+          since: Date.now(),
+          atBoundary,
           timer: setTimeout(() => {
             this.#remove(key, entry);
             void this.#end(connected, slot);
@@ -235,11 +260,12 @@ export class UpstreamPool {
     };
   }
 
-  /** The most recently used idle session that still answers RSET; dead ones are dropped. */
+  /** The most recently used idle session that is still open (and answers RSET when idle a while); dead ones are dropped. */
   async #checkout(key: string): Promise<Idle | undefined> {
     for (let idle = this.#idle.get(key)?.pop(); idle; idle = this.#idle.get(key)?.pop()) {
       clearTimeout(idle.timer);
       if (!idle.connected.session.closed) {
+        if (idle.atBoundary && Date.now() - idle.since < TRUSTED_IDLE_MS) return idle;
         try {
           // A socket dropped silently while idle would hold the client for the whole command timeout.
           const reply = await Promise.race([idle.connected.session.rset(), delay(HEALTH_CHECK_MS, undefined, { ref: false })]);
