@@ -55,6 +55,28 @@ describe('delivery memo in Redis, shared by replicas', () => {
   });
 });
 
+describe('delivery memo across a Redis restart', () => {
+  it('what is recorded while Redis restarts reaches it once it is back, for the other replicas to find', async () => {
+    const redis = await RedisServer.start();
+    const config = parseConfig({ egress: [{ ip: '127.0.0.2' }], memo: { redis: redis.url } }).memo;
+    const [writer, reader] = [createMemo(config, createLogger('info', new LogCapture())), createMemo(config, createLogger('info', new LogCapture()))];
+    let again: RedisServer | undefined;
+    try {
+      await Promise.all([writer.ready(), reader.ready()]);
+      // Killed, so the write meets a lost connection; the same server started again within the grace.
+      await redis.kill();
+      const recorded = writer.record([{ key: KEY, state: 'delivered' }]);
+      again = await RedisServer.start(redis.port);
+      await recorded;
+      // The reader's own connection comes back within its grace too: what it reads is Redis's.
+      assert.deepEqual(await reader.lookup([KEY]), ['delivered']);
+    } finally {
+      await Promise.all([writer.close(), reader.close()]);
+      await again?.kill();
+    }
+  });
+});
+
 describe('delivery memo on a Redis Cluster', () => {
   it('one message’s keys share a slot, so what one replica records the other finds', async () => {
     const nodes = await RedisServer.cluster();

@@ -221,11 +221,21 @@ class RedisMemo implements DeliveryMemo {
     this.#shared.client.on('ready', () => (this.#awaySince = undefined));
   }
 
+  /**
+   * Connected: ioredis says `ready` until it has heard the socket close, so a server just
+   * killed shows first as a socket that cannot be written (a Cluster's nodes cannot be told).
+   */
+  #up(): boolean {
+    const client = this.#shared.client;
+    return client.status === 'ready' && (client instanceof Cluster || client.stream.writable);
+  }
+
   /** Connected, or it came back within the grace of the outage (true); false once that is over. */
   async #reconnected(): Promise<boolean> {
     const client = this.#shared.client;
-    if (client.status === 'ready') return true;
-    const left = (this.#awaySince ?? 0) + RECONNECT_GRACE_MS - Date.now();
+    if (this.#up()) return true;
+    // No 'close' heard yet (a command failed on a socket just cut): the outage begins now.
+    const left = (this.#awaySince ?? Date.now()) + RECONNECT_GRACE_MS - Date.now();
     if (left <= 0) return false;
     await new Promise<void>((resolve) => {
       const done = () => {
@@ -236,8 +246,7 @@ class RedisMemo implements DeliveryMemo {
       const timer = setTimeout(done, left);
       client.once('ready', done);
     });
-    // Read again: the status changed while this waited.
-    return this.#shared.client.status === 'ready';
+    return this.#up();
   }
 
   /**
@@ -249,7 +258,7 @@ class RedisMemo implements DeliveryMemo {
     try {
       return await command();
     } catch (err) {
-      if (this.#shared.client.status === 'ready' || !(await this.#reconnected())) throw err;
+      if (this.#up() || !(await this.#reconnected())) throw err;
       return command();
     }
   }

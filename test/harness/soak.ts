@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { RawClient } from './client.ts';
+import { RawClient, type ClientReply } from './client.ts';
 import type { DestinationScript, ReceivedMessage } from './destination.ts';
 import { RelayProcess } from './process.ts';
 import { RedisServer } from './redis.ts';
@@ -56,6 +56,8 @@ interface Sent {
   /** Where the destination refuses the message at DATA for good (content), if anywhere. */
   rejectedBy?: string;
   final: Map<string, Final>;
+  /** The last reply each recipient's client heard about it (or why none came), for a failed run. */
+  told: Map<string, string>;
   attempts: number;
 }
 
@@ -63,6 +65,7 @@ export interface Violation {
   messageId: string;
   recipient: string;
   final: Final | 'never sent';
+  told?: string;
   copies: number;
   notifications: number;
 }
@@ -129,7 +132,7 @@ function compose(n: number, run: string, random: () => number): Sent {
     ...(rejectedBy ? [`X-Soak-Reject: ${rejectedBy}`] : []),
   ];
   const body = Array.from({ length: 1 + Math.floor(random() * 40) }, (_, i) => `line ${i} of message ${n}`).join('\r\n');
-  return { id, bytes: `${headers.join('\r\n')}\r\n\r\n${body}\r\n`, recipients, rejectedBy, final: new Map(recipients.map((r) => [r, 'pending'])), attempts: 0 };
+  return { id, bytes: `${headers.join('\r\n')}\r\n\r\n${body}\r\n`, recipients, rejectedBy, final: new Map(recipients.map((r) => [r, 'pending'])), told: new Map(), attempts: 0 };
 }
 
 /**
@@ -139,28 +142,35 @@ function compose(n: number, run: string, random: () => number): Sent {
  */
 async function attempt(port: number, message: Sent): Promise<void> {
   const pending = message.recipients.filter((r) => message.final.get(r) === 'pending');
+  const hear = (recipients: string[], reply: ClientReply, stage: string) => {
+    for (const r of recipients) {
+      message.told.set(r, `${stage}: ${reply.lines.join(' | ')}`);
+      if (reply.code >= 500) message.final.set(r, 'refused');
+      else if (reply.code === 250 && stage === 'DATA') message.final.set(r, 'delivered');
+    }
+  };
   let client: RawClient | undefined;
   try {
     const connected = await RawClient.connect(port);
     client = connected.client;
-    if (connected.greeting.code !== 220) return;
-    if ((await client.command('EHLO corp-ex01.example.test')).code !== 250) return;
+    // A 5xx greeting would mean "no mail service here" (RFC 5321 §3.1); an MTA tries again later.
+    if (connected.greeting.code !== 220) return void pending.forEach((r) => message.told.set(r, `greeting: ${connected.greeting.lines.join(' | ')}`));
+    const ehlo = await client.command('EHLO corp-ex01.example.test');
+    if (ehlo.code !== 250) return void pending.forEach((r) => message.told.set(r, `EHLO: ${ehlo.lines.join(' | ')}`));
     const mail = await client.command(`MAIL FROM:<${SENDER}>`);
-    if (mail.code >= 500) for (const r of pending) message.final.set(r, 'refused');
-    if (mail.code !== 250) return;
+    if (mail.code !== 250) return hear(pending, mail, 'MAIL FROM');
     const accepted: string[] = [];
     for (const recipient of pending) {
       const reply = await client.command(`RCPT TO:<${recipient}>`);
       if (reply.code === 250) accepted.push(recipient);
-      else if (reply.code >= 500) message.final.set(recipient, 'refused');
+      else hear([recipient], reply, 'RCPT TO');
     }
     if (accepted.length === 0) return;
     const { intermediate, final } = await client.data(message.bytes);
-    const code = final?.code ?? intermediate.code;
-    if (code === 250) for (const r of accepted) message.final.set(r, 'delivered');
-    else if (code >= 500) for (const r of accepted) message.final.set(r, 'refused');
-  } catch {
+    hear(accepted, final ?? intermediate, 'DATA');
+  } catch (err) {
     // The connection was refused or lost: what was in flight stays pending, as for an MTA.
+    for (const r of pending) if (message.final.get(r) === 'pending') message.told.set(r, `connection: ${(err as Error).message}`);
   } finally {
     await client?.quit().catch(() => undefined);
   }
@@ -204,7 +214,7 @@ export function check(sent: Sent[], copies: ReceivedMessage[], notifications: Re
       const k = key(message.id, recipient);
       known.add(k);
       const c = counts.get(k) ?? { copies: 0, notifications: 0 };
-      const v: Violation = { messageId: message.id, recipient, final, ...c };
+      const v: Violation = { messageId: message.id, recipient, final, told: message.told.get(recipient), ...c };
       const arrived = c.copies + c.notifications;
       if (arrived > 1) result.duplicates.push(v);
       if (final === 'delivered' && arrived === 0) result.losses.push(v);
@@ -330,7 +340,7 @@ export async function soak(options: SoakOptions): Promise<SoakReport> {
     const failed = new Set([...verdict.duplicates, ...verdict.losses, ...verdict.refusedButArrived, ...verdict.strays].map((v) => v.messageId));
     const evidence = processes
       .flatMap(({ index, relay }) => relay.records.map((record): Record<string, unknown> => ({ relay: index, ...record })))
-      .filter((r) => (r.msg === 'transaction' && failed.has(r.messageId as string)) || (failed.size > 0 && ['warn', 'error', 'fatal'].includes(r.level as string)))
+      .filter((r) => (r.msg === 'transaction' && failed.has(r.messageId as string)) || (failed.size > 0 && (['warn', 'error', 'fatal'].includes(r.level as string) || /^refused/.test(String(r.msg)))))
       // ISO times: in text order is in time order.
       .sort((a, b) => String(a.time).localeCompare(String(b.time)));
     const finals: Record<Final, number> = { delivered: 0, refused: 0, pending: 0 };
@@ -373,11 +383,11 @@ export function summary(report: SoakReport): string {
 if (import.meta.main) {
   const number = (name: string, fallback: number) => (process.env[name] === undefined ? fallback : Number(process.env[name]));
   const report = await soak({
-    messages: number('SOAK_MESSAGES', 1500),
+    messages: number('SOAK_MESSAGES', 10000),
     clients: number('SOAK_CLIENTS', 16),
     relays: number('SOAK_RELAYS', 2),
-    relayRestarts: number('SOAK_RELAY_RESTARTS', 4),
-    redisRestarts: number('SOAK_REDIS_RESTARTS', 3),
+    relayRestarts: number('SOAK_RELAY_RESTARTS', 10),
+    redisRestarts: number('SOAK_REDIS_RESTARTS', 6),
     retryCap: number('SOAK_RETRY_CAP', SHORT.retryCap),
     faults: SHORT.faults,
     seed: number('SOAK_SEED', Date.now() % 2 ** 31),
@@ -385,7 +395,7 @@ if (import.meta.main) {
   });
   console.log(summary(report));
   for (const [what, list] of Object.entries({ duplicates: report.duplicates, losses: report.losses, 'refused but arrived': report.refusedButArrived, strays: report.strays, pending: report.pending })) {
-    if (list.length) console.log(`${what}:\n${list.map((v) => `  ${v.messageId} ${v.recipient} (${v.final}): ${v.copies} copies, ${v.notifications} notifications`).join('\n')}`);
+    if (list.length) console.log(`${what}:\n${list.map((v) => `  ${v.messageId} ${v.recipient} (${v.final}): ${v.copies} copies, ${v.notifications} notifications; told ${v.told ?? 'nothing'}`).join('\n')}`);
   }
   for (const record of report.evidence) console.log(JSON.stringify(record));
   const failed = report.duplicates.length + report.losses.length + report.refusedButArrived.length + report.strays.length + report.relayExits.length;
