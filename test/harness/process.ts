@@ -5,6 +5,8 @@ import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 
 const BIN = path.resolve(import.meta.dirname, '../../bin/hygiene-relay.ts');
+/** What an admin starts (and systemd, and the container): the launcher, with its Node flags. */
+const LAUNCHER = path.resolve(import.meta.dirname, '../../bin/hygiene-relay');
 
 export interface RelayProcessOptions {
   /**
@@ -61,7 +63,7 @@ export class RelayProcess {
 
   static async start(configFile: string, config: Record<string, unknown>, options: RelayProcessOptions = {}): Promise<RelayProcess> {
     writeFileSync(configFile, stringify(config));
-    const child = spawn(process.execPath, [BIN, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(LAUNCHER, ['start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     const records: Record<string, unknown>[] = [];
     const lines: string[] = [];
     let stderr = '';
