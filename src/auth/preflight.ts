@@ -1,6 +1,10 @@
 import net from 'node:net';
 import { Readable } from 'node:stream';
-import { authenticate, dmarc as evaluateDmarc, spf, type AuthenticateResult, type DNSResolver, type SPFResult } from 'mailauth';
+import type { AuthenticateResult, DNSResolver, SPFResult } from 'mailauth';
+// mailauth's parts, not its index: that loads ARC, BIMI and their parsers too (~12 MB of a
+// relay's memory), and its authenticate() is needed only for messages signed before the relay.
+import { dmarc as evaluateDmarc } from 'mailauth/lib/dmarc/index.js';
+import { spf } from 'mailauth/lib/spf/index.js';
 import { validateTerms } from 'mailauth/lib/spf/syntax.js';
 import type { Config } from '../config/index.ts';
 import type { Resolve } from '../dns/index.ts';
@@ -266,6 +270,7 @@ function authservId(helo: string): string {
 export async function predict(message: AsyncIterable<Buffer>, sender: string, ctx: PreflightContext): Promise<Prediction> {
   const seen: Seen = { failures: [], spfRecords: [], empty: [] };
   const dnsFailures = seen.failures;
+  const { authenticate } = await import('mailauth');
   const result: AuthenticateResult = await authenticate(Readable.from(message), {
     ip: ctx.ip,
     helo: ctx.helo,

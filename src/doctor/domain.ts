@@ -1,4 +1,5 @@
-import { dmarc, type DNSResolver } from 'mailauth';
+import type { DNSResolver } from 'mailauth';
+import { dmarc } from 'mailauth/lib/dmarc/index.js';
 import { checkPublished, keyAdvice, keyKind, parseTags, txtRecordValue, txtZoneLine, zoneFileLine, type KeyRing } from '../auth/index.ts';
 import type { Resolve } from '../dns/index.ts';
 import { txtRecords, withTag } from './records.ts';

@@ -1,5 +1,5 @@
 import { pino, type Logger, type DestinationStream } from 'pino';
-import { prettyFactory } from 'pino-pretty';
+import { createRequire } from 'node:module';
 import { recordLine } from './line.ts';
 
 export type { Logger } from 'pino';
@@ -27,8 +27,13 @@ export function createLogger(level: string, destination?: DestinationStream, for
   );
 }
 
-/** pino-pretty's view; times stay as recorded (ISO 8601, UTC) so that every format shows the same ones. */
+/**
+ * pino-pretty's view; times stay as recorded (ISO 8601, UTC) so that every format shows the
+ * same ones. Loaded only for this format (~10 MB that a JSON-logging relay does not need),
+ * synchronously, because the logger is made before anything else can wait.
+ */
 function pretty(): (line: string) => string {
+  const { prettyFactory } = createRequire(import.meta.url)('pino-pretty') as typeof import('pino-pretty');
   return prettyFactory({ ignore: 'service', translateTime: false });
 }
 
