@@ -63,6 +63,8 @@ export interface UpstreamLease {
   readonly throttled: boolean;
   mailFrom(sender: string, params: Record<string, string>): Promise<Reply>;
   rcptTo(address: string): Promise<Reply>;
+  /** MAIL FROM and the first RCPT TO in one round trip, where the destination offers PIPELINING; else one after the other. */
+  mailAndRcpt(sender: string, params: Record<string, string>, address: string): Promise<{ mail: Reply; rcpt?: Reply }>;
   data(message: MessageSource): Promise<Reply>;
   rset(): Promise<Reply>;
   /**
@@ -223,6 +225,17 @@ export class UpstreamPool {
         return hear(await session.mailFrom(sender, params));
       },
       rcptTo: async (address) => hear(await session.rcptTo(address)),
+      mailAndRcpt: async (sender, params, address) => {
+        atBoundary = false;
+        if (!session.extensions.has('PIPELINING')) {
+          const mail = hear(await session.mailFrom(sender, params));
+          return mail.code >= 200 && mail.code < 300 ? { mail, rcpt: hear(await session.rcptTo(address)) } : { mail };
+        }
+        const [mail, rcpt] = await session.mailAndRcpt(sender, params, address);
+        hear(mail);
+        // RFC 2920 §3.2: the RCPT's reply after a refused MAIL (503) answers nothing the client asked.
+        return mail.code >= 200 && mail.code < 300 ? { mail, rcpt: hear(rcpt) } : { mail };
+      },
       data: async (message) => {
         const reply = hear(await session.data(message));
         // A refusal may be of the DATA command itself, which leaves the transaction open (RFC 5321 §3.3).

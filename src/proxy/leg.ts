@@ -40,40 +40,39 @@ export class Leg {
   profile?: ProfileVerdict;
   /** The session failed mid-command or said 421: it must not carry another transaction. */
   #broken = false;
+  /** MAIL FROM not sent yet: it is sent with the first recipient that can go this way. */
+  #mailPending = false;
 
   private constructor(destination: Destination, owner: LegOwner) {
     this.destination = destination;
     this.#owner = owner;
   }
 
-  /** Takes a session for the destination (an idle one, or a new one) and sends MAIL FROM. */
+  /** Takes a session for the destination (an idle one, or a new one); MAIL FROM goes with the first recipient. */
   static async open(destination: Destination, owner: LegOwner): Promise<Leg> {
     const leg = new Leg(destination, owner);
-    const lease = await owner.ctx.upstreams.open(destination, owner.egress, { delivery: owner.ctx.config.delivery, playbook: owner.ctx.playbook });
+    await leg.#take();
+    return leg;
+  }
+
+  async #take(): Promise<void> {
+    const owner = this.#owner;
+    const lease = await owner.ctx.upstreams.open(this.destination, owner.egress, { delivery: owner.ctx.config.delivery, playbook: owner.ctx.playbook });
     if ('kind' in lease) {
-      leg.refused = lease;
-      leg.explanation = explain(lease, owner.ctx.playbook);
-      return leg;
+      this.refused = lease;
+      this.explanation = explain(lease, owner.ctx.playbook);
+      return;
     }
-    leg.lease = lease;
+    this.lease = lease;
     const { connected } = lease;
     if (connected.wouldFail) {
       owner.ctx.logger.warn(
-        { id: owner.id, destination: destination.label, mxHost: connected.mxHost, mtaSts: destination.tls.mtaSts, wouldFail: connected.wouldFail },
+        { id: owner.id, destination: this.destination.label, mxHost: connected.mxHost, mtaSts: this.destination.tls.mtaSts, wouldFail: connected.wouldFail },
         'MTA-STS testing: delivering, but the policy in enforce mode would not allow it',
       );
     }
-    try {
-      const mail = leg.#said(await lease.mailFrom(owner.sender, leg.#mailParams()), 'MAIL FROM');
-      if (mail.kind !== 'accepted') {
-        leg.refused = mail;
-        leg.explanation = explain(mail, owner.ctx.playbook);
-      }
-    } catch (err) {
-      leg.#broken = true;
-      leg.refused = failure('temporary', 451, '4.4.2', `${leg.who}: connection lost after greeting (${(err as Error).message})`);
-    }
-    return leg;
+    // One round trip for MAIL FROM and the first recipient where PIPELINING is offered.
+    this.#mailPending = true;
   }
 
   get connected() {
@@ -96,12 +95,35 @@ export class Leg {
     if (/[^\x00-\x7f]/.test(address) && !this.lease.connected.session.extensions.has('SMTPUTF8')) {
       return { outcome: failure('permanent', 553, '5.6.7', `${this.who} does not support SMTPUTF8, needed for <${address}>`) };
     }
+    const opening = this.#mailPending;
     try {
-      const reply = await this.lease.rcptTo(address);
+      let reply: Reply;
+      if (this.#mailPending) {
+        this.#mailPending = false;
+        const { mail, rcpt } = await this.lease.mailAndRcpt(this.#owner.sender, this.#mailParams(), address);
+        const accepted = this.#said(mail, 'MAIL FROM');
+        if (accepted.kind !== 'accepted' || !rcpt) {
+          this.refused = accepted;
+          this.explanation = explain(accepted, this.#owner.ctx.playbook);
+          return { outcome: accepted };
+        }
+        reply = rcpt;
+      } else {
+        reply = await this.lease.rcptTo(address);
+      }
       const outcome = this.#said(reply, 'RCPT TO');
       if (outcome.kind === 'accepted') this.recipients.push(address);
       return { outcome, said: formatReply(reply) };
     } catch (err) {
+      // A reused session is taken without a probe (pool.ts): one the destination closed while
+      // it was idle fails at its first command, before anything of this transaction was
+      // accepted, so the transaction goes on over a fresh session instead.
+      if (opening && this.lease.reused) {
+        await this.lease.finish(false);
+        this.lease = undefined;
+        await this.#take();
+        return this.rcpt(address);
+      }
       this.#broken = true;
       this.refused = failure('temporary', 451, '4.4.2', `${this.who}: connection lost (${(err as Error).message})`);
       return { outcome: this.refused };
