@@ -1,11 +1,11 @@
 import type { ConnectionOptions } from 'node:tls';
 import { KeyRing } from './auth/index.ts';
 import type { Config } from './config/index.ts';
-import { MtaSts, Playbook, Providers, Shaper, SharedPolicyCache, UpstreamPool } from './delivery/index.ts';
+import { MtaSts, Playbook, Providers, ShapingState, SharedPolicyCache, UpstreamPool, type Shaper } from './delivery/index.ts';
 import { createResolver, type CacheCount, type FlushCount } from './dns/index.ts';
 import { runDoctor, type DoctorReport } from './doctor/index.ts';
 import { EgressPool } from './identity/index.ts';
-import { Inbound, type Drained } from './inbound/index.ts';
+import { Inbound, type Drained, type InboundState } from './inbound/index.ts';
 import { HttpServer, type Logger, type Readiness } from './observability/index.ts';
 import { createMemo, sweepSpool, type RelayContext } from './proxy/index.ts';
 import { connectShared, storesDown } from './redis/index.ts';
@@ -42,7 +42,7 @@ export interface Relay {
 }
 
 // Read once at start (sockets, resolver, Redis connection, logger): a reload cannot change them.
-const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log', 'control', 'http'] as const;
+const RESTART_ONLY = ['listeners', 'tls', 'egress', 'strict', 'identityRecheck', 'dns', 'memo', 'log', 'control', 'http', 'workers'] as const;
 const RESTART_ONLY_DELIVERY = ['redis'] as const;
 const RESTART_ONLY_LIMITS = ['maxMessageSize', 'maxClients', 'clientTimeout', 'maxSessionTime', 'strangers', 'authFailures', 'redis'] as const;
 
@@ -71,16 +71,34 @@ function loadPlaybook(config: Config): Playbook {
   return Playbook.load(Providers.load(config.delivery.providers), config.delivery.playbook);
 }
 
-/** For tests: what a deployment takes from the system (trusted CAs, the MTA-STS port 443). */
-export interface RelayTestOptions {
-  /** Extra TLS options for upstream STARTTLS; its `ca` is also what MTA-STS policy hosts must chain to. */
+/**
+ * What reload() would refuse (a key, a provider or a playbook row that cannot be used),
+ * thrown without changing anything: a supervisor checks a file so before its workers load it.
+ */
+export function checkReload(config: Config): void {
+  KeyRing.load(config.domains);
+  loadPlaybook(config);
+}
+
+/**
+ * Where the limits keep what Redis does not hold: connection slots always, AUTH failure
+ * counts without `limits.redis`, shaping without `delivery.redis`. By default this process;
+ * a worker passes its supervisor's (src/supervisor/), so N workers limit as one relay does.
+ */
+export interface LocalState extends InboundState {
+  shaper(): Shaper;
+}
+
+export interface RelayOptions {
+  /** Extra TLS options for upstream STARTTLS; its `ca` is also what MTA-STS policy hosts must chain to (tests). */
   upstreamTls?: ConnectionOptions;
-  /** The port MTA-STS policies are fetched from instead of 443. */
+  /** The port MTA-STS policies are fetched from instead of 443 (tests). */
   mtaStsPort?: number;
+  local?: LocalState;
 }
 
 /** Wires the parts together from one validated config: the composition root of the relay. */
-export async function startRelay(config: Config, logger: Logger, options: RelayTestOptions = {}): Promise<Relay> {
+export async function startRelay(config: Config, logger: Logger, options: RelayOptions = {}): Promise<Relay> {
   const keys = loadKeys(config, logger);
   const playbook = loadPlaybook(config);
   const resolver = createResolver(config.dns, logger);
@@ -88,12 +106,12 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
   const egress = new EgressPool(config, resolve, logger);
   const memo = createMemo(config.memo, logger);
   const shared = config.delivery.redis ? connectShared(config.delivery.redis, { timeout: 250, what: 'delivery state (shaping, MTA-STS policies)', logger }) : undefined;
-  const shaper = new Shaper({ shared, logger });
+  const shaper = shared || !options.local ? new ShapingState({ shared, logger }) : options.local.shaper();
   const upstreams = new UpstreamPool({ shaper, resolve, tls: options.upstreamTls });
   // Kept across reloads: cached policies stay valid whatever the configuration says.
   const mtaSts = new MtaSts({ resolve, ca: options.upstreamTls?.ca, port: options.mtaStsPort, cache: shared && new SharedPolicyCache(shared) });
   let ctx: RelayContext = { config, resolve, freshResolve: resolver.fresh, memo, keys, logger, playbook, upstreamTls: options.upstreamTls, upstreams, shaper, mtaSts };
-  const inbound = new Inbound(ctx, egress);
+  const inbound = new Inbound(ctx, egress, options.local);
   let started = false;
   const readiness = (): Readiness => {
     const problems = [...inbound.unbound];
@@ -114,7 +132,7 @@ export async function startRelay(config: Config, logger: Logger, options: RelayT
   };
   try {
     // First: /readyz answers (unready) while the rest starts and while a listener waits for its address.
-    if (config.http) http = await HttpServer.listen(config.http, readiness, logger);
+    if (config.http) http = await HttpServer.listen(config.http, { readiness }, logger);
     await Promise.all([resolver.ready(), memo.ready(), shared?.ready, inbound.ready()]);
     await egress.start();
     await sweepSpool(config.delivery.spool.dir, logger);

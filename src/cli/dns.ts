@@ -1,5 +1,4 @@
 import { controlRequest } from '../control/index.ts';
-import type { FlushCount } from '../dns/index.ts';
 import { CONFIG_HELP, configArg, fail, HELP_HELP, readConfig, subcommand, type Command } from './common.ts';
 
 const FLUSH: Command = {
@@ -24,12 +23,6 @@ commands:
   flush     make the running relay drop its cached DNS answers
 `,
 };
-
-/** The control socket's answer to `dns flush`: what was dropped, per cache level. */
-export function flushAnswer(dropped: FlushCount): string {
-  const shared = dropped.redisError ? `; Redis did not answer (${dropped.redisError}), its entries expire by their TTL` : dropped.redis === undefined ? '' : `, ${dropped.redis} in Redis`;
-  return `DNS cache flushed: ${dropped.memory} in-process answers${shared}`;
-}
 
 /** `dns flush`: the running relay (found through control.socket in its config) drops every cached DNS answer. */
 export async function dns(args: string[]): Promise<void> {

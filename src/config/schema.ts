@@ -416,6 +416,8 @@ export const configSchema = z.strictObject({
     .prefault({}),
   /** SIGTERM: how long transactions in flight may take to finish before the relay exits anyway. */
   shutdownTimeout: duration.prefault('30s'),
+  /** Relay processes sharing the listeners under one supervisor (src/supervisor/); auto: one per core. */
+  workers: z.union([z.literal('auto'), z.number().int().min(1).max(256)]).default(1),
   /** What `hygiene-relay doctor` (and the same checks at start-up and on SIGHUP) looks at. */
   doctor: z
     .strictObject({

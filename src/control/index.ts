@@ -1,5 +1,6 @@
 import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
 import net from 'node:net';
+import type { FlushCount } from '../dns/index.ts';
 import type { Logger } from '../observability/index.ts';
 
 /**
@@ -7,6 +8,12 @@ import type { Logger } from '../observability/index.ts';
  * one line, `ok …` or `error …`, then closes, as `rndc` or `postfix flush` reach their
  * daemons. Local only, and mode 0600: whoever may use it may also signal the process.
  */
+
+/** The answer to `dns flush`: what was dropped, per cache level. */
+export function flushAnswer(dropped: FlushCount): string {
+  const shared = dropped.redisError ? `; Redis did not answer (${dropped.redisError}), its entries expire by their TTL` : dropped.redis === undefined ? '' : `, ${dropped.redis} in Redis`;
+  return `DNS cache flushed: ${dropped.memory} in-process answers${shared}`;
+}
 
 /** Command line → what it does, resolving to the text after `ok`. */
 export type ControlCommands = Record<string, () => Promise<string>>;

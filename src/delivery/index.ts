@@ -1,7 +1,7 @@
 export { resolveDestination, routeDestination, type Destination, type NextHop, type TlsPolicy } from './destination.ts';
 export { connectDestination, type Connected, type ConnectOptions } from './connect.ts';
 export { UpstreamPool, type UpstreamLease } from './pool.ts';
-export { Shaper } from './shaping.ts';
+export { ShapingState, type SessionSlot, type Shaper, type ShapingLimits } from './shaping.ts';
 export { Providers, type ProviderConfig } from './providers.ts';
 export { Playbook, PlaybookError, CATEGORIES, STAGES } from './playbook.ts';
 export type { Category, Classification, Permanence, PlaybookExample, PlaybookRule, Stage } from './playbook.ts';

@@ -52,6 +52,28 @@ export interface SessionSlot {
   release(): void;
 }
 
+/** What shaping reads of a provider: all of it plain data, so a worker can send it to its supervisor. */
+export type ShapingLimits = Pick<ProviderConfig, 'name' | 'maxSessions' | 'messagesPerMinute' | 'backoff'>;
+
+/**
+ * What the upstream pool asks of shaping. `ShapingState` answers it in this process or
+ * through Redis; a worker of a supervisor without Redis asks the supervisor's one
+ * (src/supervisor/), so that every worker keeps the same limits.
+ */
+export interface Shaper {
+  /** Before a message is forwarded: refused while the provider is paused or over its rate. */
+  admitMessage(provider: ShapingLimits, egressIp: string): Promise<Outcome | undefined>;
+  /** A slot for a new session, or why there is none now: paused (no use waiting), or every slot taken. */
+  trySession(provider: ShapingLimits, egressIp: string): Promise<SessionSlot | { refused: Outcome; paused: boolean }>;
+  /** The message was not sent after all (no session, no connection): its point is given back. */
+  refund(provider: ShapingLimits, egressIp: string): Promise<void>;
+  /** The provider answered with a rate-limit reply: pause it for its back-off period, and the ramp starts over. */
+  throttled(provider: ShapingLimits, egressIp: string, reply: string): Promise<void>;
+  /** A delivery succeeded: once a pause is over, each few of them allow one more session. */
+  delivered(provider: ShapingLimits, egressIp: string): Promise<void>;
+  close(): void;
+}
+
 /**
  * Per provider and egress IP (DESIGN §5): at most `maxSessions` upstream sessions and
  * `messagesPerMinute` messages across every replica (Redis when configured, this process
@@ -64,7 +86,7 @@ const limited = new Counter({
   help: "Messages and sessions held back by a provider's limits, by provider and limit: paused (it asked the relay to slow down), rate (messages a minute), sessions (concurrent sessions)",
   labelNames: ['provider', 'limit'],
 });
-const shapers = new Set<Shaper>();
+const shapers = new Set<ShapingState>();
 new Gauge({
   name: `${METRIC_PREFIX}shaping_pauses`,
   help: 'Pauses in force now, per provider: egress addresses from which delivery to it waits out its back-off',
@@ -84,7 +106,7 @@ new Gauge({
   },
 });
 
-export class Shaper {
+export class ShapingState implements Shaper {
   #shared: SharedStore | undefined;
   #logger: Logger;
   #limiters = new Map<string, RateLimiterMemory | RateLimiterRedis>();
@@ -115,8 +137,7 @@ export class Shaper {
     yield* this.#seen;
   }
 
-  /** Before a message is forwarded: refused while the provider is paused or over its rate. */
-  async admitMessage(provider: ProviderConfig, egressIp: string): Promise<Outcome | undefined> {
+  async admitMessage(provider: ShapingLimits, egressIp: string): Promise<Outcome | undefined> {
     const key = `${provider.name}:${egressIp}`;
     const pause = await this.#pause(key);
     if (pause && pause.until > Date.now()) {
@@ -134,8 +155,7 @@ export class Shaper {
     }
   }
 
-  /** A slot for a new session, or why there is none now: paused (no use waiting), or every slot taken. */
-  async trySession(provider: ProviderConfig, egressIp: string): Promise<SessionSlot | { refused: Outcome; paused: boolean }> {
+  async trySession(provider: ShapingLimits, egressIp: string): Promise<SessionSlot | { refused: Outcome; paused: boolean }> {
     const key = `${provider.name}:${egressIp}`;
     const limit = await this.#sessionLimit(provider, key);
     const slot = limit > 0 ? await this.#acquire(key, limit) : undefined;
@@ -145,15 +165,13 @@ export class Shaper {
     return { refused: failure('temporary', 451, '4.7.0', `delivery to ${provider.name} from ${egressIp} ${why}; try again later`), paused: limit === 0 };
   }
 
-  /** The message was not sent after all (no session, no connection): its point is given back. */
-  async refund(provider: ProviderConfig, egressIp: string): Promise<void> {
+  async refund(provider: ShapingLimits, egressIp: string): Promise<void> {
     await this.#limiter(provider)
       .reward(`${provider.name}:${egressIp}`)
       .catch(() => undefined);
   }
 
-  /** The provider answered with a rate-limit reply: pause it for its back-off period, and the ramp starts over. */
-  async throttled(provider: ProviderConfig, egressIp: string, reply: string): Promise<void> {
+  async throttled(provider: ShapingLimits, egressIp: string, reply: string): Promise<void> {
     const key = `${provider.name}:${egressIp}`;
     const pause: Pause = { until: Date.now() + provider.backoff, successes: 0 };
     this.#logger.warn({ provider: provider.name, egress: egressIp, until: new Date(pause.until).toISOString(), reply }, 'provider asked to slow down: pausing deliveries to it from this egress');
@@ -167,8 +185,7 @@ export class Shaper {
     );
   }
 
-  /** A delivery succeeded: once a pause is over, each few of them allow one more session. */
-  async delivered(provider: ProviderConfig, egressIp: string): Promise<void> {
+  async delivered(provider: ShapingLimits, egressIp: string): Promise<void> {
     const key = `${provider.name}:${egressIp}`;
     const local = this.#pauses.get(key);
     // Deliveries that were already under way when the pause began do not count.
@@ -192,7 +209,7 @@ export class Shaper {
     return shared ?? undefined;
   }
 
-  async #sessionLimit(provider: ProviderConfig, key: string): Promise<number> {
+  async #sessionLimit(provider: ShapingLimits, key: string): Promise<number> {
     const pause = await this.#pause(key);
     if (!pause) return provider.maxSessions;
     if (pause.until > Date.now()) return 0;
@@ -229,7 +246,7 @@ export class Shaper {
     }
   }
 
-  #limiter(provider: ProviderConfig): RateLimiterMemory | RateLimiterRedis {
+  #limiter(provider: ShapingLimits): RateLimiterMemory | RateLimiterRedis {
     // Keyed by the limit too: a reload that changes it takes effect.
     const name = `${provider.name}:${provider.messagesPerMinute}`;
     let limiter = this.#limiters.get(name);

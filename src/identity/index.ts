@@ -82,10 +82,14 @@ const identities = new Gauge({
   name: `${METRIC_PREFIX}egress_identities`,
   help: 'Configured egress identities by status at the last check: verified (PTR forward-confirms, HELO matches) or unverified',
   labelNames: ['status'],
+  // Every worker checks the same identities: the count is one worker's, not their sum.
+  aggregator: 'max',
 });
 const usable = new Gauge({
   name: `${METRIC_PREFIX}egress_usable`,
   help: 'Whether a new transaction finds an egress identity it may use (0: MAIL FROM is answered 451 4.3.5)',
+  // 0 when any worker would answer 451 4.3.5.
+  aggregator: 'min',
 });
 
 /**

@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../observability/index.ts';
 import { connectShared, type SharedStore } from '../redis/index.ts';
@@ -9,6 +9,13 @@ const PREFIX = 'hygiene-relay:auth:v1:';
 const FIRST_DELAY_MS = 250;
 const MAX_DELAY_MS = 8000;
 
+/** A limiter's settings, as both rate-limiter-flexible's in-process and its cluster limiters take them. */
+export interface LimiterOptions {
+  points: number;
+  duration: number;
+  keyPrefix: string;
+}
+
 /**
  * Failed AUTH attempts counted across connections, per client address and per user name
  * (issue: three failures closed a connection, and the next connection started from zero).
@@ -17,26 +24,27 @@ const MAX_DELAY_MS = 8000;
  * the right password too and without an scrypt run, and the reply never says which limit
  * it was. Counts go through Redis when `limits.redis` is set, so replicas share them; while
  * Redis is away each process counts alone (rate-limiter-flexible's insurance limiter).
+ * Without Redis they are this process's, or, in a worker, its supervisor's (`local`).
  */
 export class AuthLimits {
-  #address: RateLimiterMemory | RateLimiterRedis;
-  #user: RateLimiterMemory | RateLimiterRedis;
+  #address: RateLimiterAbstract;
+  #user: RateLimiterAbstract;
   #settings: Config['limits']['authFailures'];
   #shared?: SharedStore;
   #logger: Logger;
 
-  constructor(limits: Config['limits'], logger: Logger) {
+  constructor(limits: Config['limits'], logger: Logger, local: (options: LimiterOptions) => RateLimiterAbstract) {
     this.#settings = limits.authFailures;
     this.#logger = logger;
     this.#shared = limits.redis ? connectShared(limits.redis, { timeout: 250, what: 'AUTH failure counts', logger }) : undefined;
-    this.#address = this.#limiter('address', limits.authFailures.perAddress);
-    this.#user = this.#limiter('user', limits.authFailures.perUser);
+    this.#address = this.#limiter('address', limits.authFailures.perAddress, local);
+    this.#user = this.#limiter('user', limits.authFailures.perUser, local);
   }
 
-  #limiter(kind: string, points: number): RateLimiterMemory | RateLimiterRedis {
+  #limiter(kind: string, points: number, local: (options: LimiterOptions) => RateLimiterAbstract): RateLimiterAbstract {
     const options = { points, duration: Math.ceil(this.#settings.window / 1000), keyPrefix: `${PREFIX}${kind}` };
-    const memory = new RateLimiterMemory(options);
-    return this.#shared ? new RateLimiterRedis({ ...options, storeClient: this.#shared.client, insuranceLimiter: memory, rejectIfRedisNotReady: true }) : memory;
+    if (!this.#shared) return local(options);
+    return new RateLimiterRedis({ ...options, storeClient: this.#shared.client, insuranceLimiter: new RateLimiterMemory(options), rejectIfRedisNotReady: true });
   }
 
   get ready(): Promise<void> {
@@ -74,7 +82,7 @@ export class AuthLimits {
     await delay(Math.min(FIRST_DELAY_MS * 2 ** (failures - 1), MAX_DELAY_MS));
   }
 
-  async #count(limiter: RateLimiterMemory | RateLimiterRedis, key: string): Promise<number> {
+  async #count(limiter: RateLimiterAbstract, key: string): Promise<number> {
     try {
       return (await limiter.consume(key)).consumedPoints;
     } catch (res) {

@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net';
 import { domainToASCII } from 'node:url';
+import { RateLimiterMemory, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import { readTlsFiles, type Config, type ListenerConfig } from '../config/index.ts';
 import type { EgressPool } from '../identity/index.ts';
@@ -8,12 +9,26 @@ import type { SpfVerdict } from '../auth/index.ts';
 import { RefusalLog, Transaction, senderDomainAllowed, type PolicyReason, type RelayContext } from '../proxy/index.ts';
 import { failure, toSmtpError, type Outcome } from '../smtp/index.ts';
 import { ClientAuthorization } from './authorization.ts';
-import { AuthLimits } from './auth-limits.ts';
-import { ConnectionSlots } from './slots.ts';
+import { AuthLimits, type LimiterOptions } from './auth-limits.ts';
+import { ConnectionSlots, connectionCeiling, type Slots } from './slots.ts';
 import { adoptListener, drainListener, endSessionById, type Drained } from './smtp-server-fixes.ts';
 
 export { hashPassword, verifyPassword } from './passwords.ts';
+export { ConnectionSlots, type Slots } from './slots.ts';
+export type { LimiterOptions } from './auth-limits.ts';
 export type { Drained } from './smtp-server-fixes.ts';
+
+/**
+ * Where the listeners' connection slots, and the AUTH failure counts without `limits.redis`,
+ * are kept: in this process, or in a worker the supervisor's, which every worker shares.
+ */
+export interface InboundState {
+  /** The slots of the listener at `index` in `listeners`. */
+  slots(index: number, limits: Config['limits']): Slots;
+  limiter(options: LimiterOptions): RateLimiterAbstract;
+}
+
+const IN_PROCESS: InboundState = { slots: (_, limits) => new ConnectionSlots(limits), limiter: (options) => new RateLimiterMemory(options) };
 
 type Callback = (err?: Error | null) => void;
 
@@ -113,15 +128,17 @@ export class Inbound {
   /** Strangers' sessions that must authenticate before their timer fires. */
   #strangerTimers = new Map<string, NodeJS.Timeout>();
   #authLimits: AuthLimits;
+  #state: InboundState;
   #draining = false;
 
-  constructor(ctx: RelayContext, egress: EgressPool) {
+  constructor(ctx: RelayContext, egress: EgressPool, state: InboundState = IN_PROCESS) {
     this.#ctx = ctx;
     this.#egress = egress;
+    this.#state = state;
     this.#logger = ctx.logger.child({ component: 'inbound' });
     this.#clients = new ClientAuthorization(ctx.config.clients);
     this.#refusals = new RefusalLog(ctx.logger.child({ component: 'inbound' }));
-    this.#authLimits = new AuthLimits(ctx.config.limits, this.#logger);
+    this.#authLimits = new AuthLimits(ctx.config.limits, this.#logger, state.limiter);
   }
 
   /** Settles once the shared AUTH failure counts connected, or failed to. */
@@ -153,8 +170,8 @@ export class Inbound {
     const { config } = this.#ctx;
     const tls = config.tls ? readTlsFiles(config.tls) : undefined;
     for (const warning of tls?.warnings ?? []) this.#logger.warn({ warning }, 'TLS warning');
-    for (const listener of config.listeners) {
-      const server = this.#createServer(listener, config, tls?.credentials);
+    for (const [index, listener] of config.listeners.entries()) {
+      const server = this.#createServer(listener, this.#state.slots(index, config.limits), config, tls?.credentials);
       adoptListener(server, (connection, reply) => this.#heard(connection, reply), { command: config.limits.clientTimeout, session: config.limits.maxSessionTime });
       servers.add(server);
       try {
@@ -219,10 +236,9 @@ export class Inbound {
     return this.#draining;
   }
 
-  #createServer(listener: ListenerConfig, config: Config, tls: { key: Buffer; cert: Buffer } | undefined): SMTPServer {
+  #createServer(listener: ListenerConfig, slots: Slots, config: Config, tls: { key: Buffer; cert: Buffer } | undefined): SMTPServer {
     const usesTls = listener.starttls || listener.implicitTls;
     const disabled = [...(usesTls ? [] : ['STARTTLS']), ...(this.#clients.hasUsers ? [] : ['AUTH'])];
-    const slots = new ConnectionSlots(config.limits);
     const server: SMTPServer = new SMTPServer({
       // Replies still owed after the client's FIN are written (smtp-server-fixes.ts).
       allowHalfOpen: true,
@@ -236,7 +252,7 @@ export class Inbound {
       authMethods: ['PLAIN', 'LOGIN'],
       size: config.limits.maxMessageSize,
       // The hard ceiling; `slots` shares it out between the relay's clients and strangers.
-      maxClients: slots.ceiling,
+      maxClients: connectionCeiling(config.limits),
       // Only the listed load balancers may say who the client is; anyone else could claim a trusted network.
       useProxy: listener.proxyProtocol.length ? listener.proxyProtocol : false,
       // The client's PTR is not needed to relay, and a lookup would bypass the configured resolver.
@@ -249,8 +265,8 @@ export class Inbound {
       logger: false,
       onConnect: (session, callback) => {
         const trusted = this.#clients.client(session.remoteAddress, undefined) !== undefined;
-        const refused = slots.admit(session.id, session.remoteAddress, trusted);
-        if (refused) return reject(refused, callback);
+        // Set before the slot is known, which a worker asks its supervisor for: a client that
+        // leaves meanwhile finds its timer here for onClose to clear.
         if (!trusted) {
           const { sessionTime } = config.limits.strangers;
           const timer = setTimeout(
@@ -259,7 +275,13 @@ export class Inbound {
           ).unref();
           this.#strangerTimers.set(session.id, timer);
         }
-        callback();
+        void Promise.resolve(slots.admit(session.id, session.remoteAddress, trusted)).then(
+          (refused) => (refused ? reject(refused, callback) : callback()),
+          (err: Error) => {
+            this.#logger.error({ err }, 'connection slots did not answer');
+            reject(failure('temporary', 421, '4.3.0', 'local error in processing; try again in a moment'), callback);
+          },
+        );
       },
       onAuth: (auth, session, callback) => {
         const user = auth.username ?? '';

@@ -12,7 +12,24 @@ import { failure, type Outcome } from '../smtp/index.ts';
  */
 const AWAITING_GREETING = 1000;
 
-export class ConnectionSlots {
+/** The most connections a listener accepts at all. */
+export function connectionCeiling(limits: Config['limits']): number {
+  return limits.maxClients + limits.strangers.total + AWAITING_GREETING;
+}
+
+/**
+ * A listener's slots as a listener uses them: `ConnectionSlots` in this process, or, in a
+ * worker of a supervisor, the supervisor's one for every worker (src/supervisor/), asked over IPC.
+ */
+export interface Slots {
+  /** A slot for a new session, or the reply that refuses it. */
+  admit(session: string, address: string, trusted: boolean): Outcome | undefined | Promise<Outcome | undefined>;
+  /** A stranger authenticated: it is a client of the relay now, counted with them. */
+  promote(session: string): void;
+  release(session: string): void;
+}
+
+export class ConnectionSlots implements Slots {
   #limits: Config['limits'];
   #trusted = new Set<string>();
   /** Stranger sessions, with their address. */
@@ -21,11 +38,6 @@ export class ConnectionSlots {
 
   constructor(limits: Config['limits']) {
     this.#limits = limits;
-  }
-
-  /** The most connections the listener accepts at all. */
-  get ceiling(): number {
-    return this.#limits.maxClients + this.#limits.strangers.total + AWAITING_GREETING;
   }
 
   /** A slot for a new session, or the reply that refuses it (RFC 5321 §3.1: a 421 instead of the greeting). */
@@ -45,7 +57,6 @@ export class ConnectionSlots {
     return undefined;
   }
 
-  /** A stranger authenticated: it is a client of the relay now, counted with them. */
   promote(session: string): void {
     if (!this.#strangers.has(session)) return;
     this.#releaseStranger(session);

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { exposition } from './metrics.ts';
+import { exposition, type Exposition } from './metrics.ts';
 
 /**
  * What /readyz answers. Unready (503): the relay cannot take mail as configured (a listener
@@ -11,6 +11,12 @@ import { exposition } from './metrics.ts';
 export interface Readiness {
   problems: string[];
   degraded: string[];
+}
+
+/** What the port answers with: this process's state, or a supervisor's of all its workers. */
+export interface HttpSources {
+  readiness(): Readiness | Promise<Readiness>;
+  metrics?(): Promise<Exposition>;
 }
 
 /** The relay's HTTP port (DESIGN §6): /metrics for Prometheus, /healthz and /readyz for the orchestrator. */
@@ -23,10 +29,10 @@ export class HttpServer {
     this.port = (server.address() as AddressInfo).port;
   }
 
-  static async listen(settings: { host: string; port: number }, readiness: () => Readiness, logger: Logger): Promise<HttpServer> {
+  static async listen(settings: { host: string; port: number }, sources: HttpSources, logger: Logger): Promise<HttpServer> {
     const log = logger.child({ component: 'http' });
     const server = createServer((request, response) => {
-      void answer(request, response, readiness).catch((err: Error) => {
+      void answer(request, response, sources).catch((err: Error) => {
         log.error({ err, path: request.url }, 'HTTP request failed');
         if (!response.headersSent) response.writeHead(500, { 'content-type': 'text/plain' });
         response.end('internal error\n');
@@ -55,7 +61,7 @@ export class HttpServer {
   }
 }
 
-async function answer(request: IncomingMessage, response: ServerResponse, readiness: () => Readiness): Promise<void> {
+async function answer(request: IncomingMessage, response: ServerResponse, sources: HttpSources): Promise<void> {
   const path = new URL(request.url ?? '/', 'http://relay').pathname;
   if (request.method !== 'GET' && request.method !== 'HEAD') {
     response.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' });
@@ -67,13 +73,13 @@ async function answer(request: IncomingMessage, response: ServerResponse, readin
       response.writeHead(200, { 'content-type': 'text/plain' });
       return void response.end('ok\n');
     case '/readyz': {
-      const { problems, degraded } = readiness();
+      const { problems, degraded } = await sources.readiness();
       const status = problems.length ? 'unready' : degraded.length ? 'degraded' : 'ready';
       response.writeHead(problems.length ? 503 : 200, { 'content-type': 'application/json' });
       return void response.end(`${JSON.stringify({ status, problems, degraded })}\n`);
     }
     case '/metrics': {
-      const { contentType, body } = await exposition();
+      const { contentType, body } = await (sources.metrics ?? exposition)();
       response.writeHead(200, { 'content-type': contentType });
       return void response.end(body);
     }

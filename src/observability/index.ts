@@ -15,7 +15,6 @@ export type LogFormat = 'json' | 'pretty' | 'line';
  * those of the JSON stream and no worker thread is started.
  */
 export function createLogger(level: string, destination?: DestinationStream, format: LogFormat = 'json'): Logger {
-  const stream = destination ?? pino.destination({ dest: 1, sync: false });
   return pino(
     {
       level,
@@ -23,8 +22,18 @@ export function createLogger(level: string, destination?: DestinationStream, for
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    format === 'json' ? stream : rewriting(stream, format === 'pretty' ? pretty() : (line) => `${recordLine(JSON.parse(line) as Record<string, unknown>)}\n`),
+    logStream(format, destination),
   );
+}
+
+/**
+ * Where records go: stdout (or `destination`), each JSON line written to it rewritten into
+ * `format`. A supervisor writes its own records and its workers' JSON lines into one, whole
+ * lines each, so that the one log stream never mixes two records in a line.
+ */
+export function logStream(format: LogFormat, destination?: DestinationStream): DestinationStream {
+  const stream = destination ?? pino.destination({ dest: 1, sync: false });
+  return format === 'json' ? stream : rewriting(stream, format === 'pretty' ? pretty() : (line) => `${recordLine(JSON.parse(line) as Record<string, unknown>)}\n`);
 }
 
 /**
@@ -40,9 +49,10 @@ function pretty(): (line: string) => string {
 function rewriting(stream: DestinationStream, rewrite: (line: string) => string): DestinationStream {
   const flushable = stream as DestinationStream & { flush?: (cb: (err?: Error) => void) => void };
   return {
-    write: (line: string) => stream.write(rewrite(line)),
+    // A line that is no record (printed by a worker's dependency) is kept as it came: it must not stop the supervisor.
+    write: (line: string) => stream.write(line.startsWith('{') ? rewrite(line) : line),
     ...(flushable.flush && { flush: (cb: (err?: Error) => void) => flushable.flush!(cb) }),
   };
 }
 export { HttpServer, type Readiness } from './http.ts';
-export { Counter, Gauge, Histogram, METRIC_PREFIX, SECONDS_BUCKETS } from './metrics.ts';
+export { aggregateExposition, Counter, Gauge, Histogram, localMetrics, METRIC_PREFIX, SECONDS_BUCKETS, type Exposition, type MetricsJson } from './metrics.ts';

@@ -29,6 +29,8 @@ new Gauge({
   name: `${METRIC_PREFIX}redis_up`,
   help: 'Whether the Redis connection for this use (DNS cache, delivery memo, delivery state) answers: 1 up, 0 away (the relay carries on without it)',
   labelNames: ['use'],
+  // Each worker has its own connection: 0 when any of them is away.
+  aggregator: 'min',
   collect() {
     this.reset();
     for (const store of open) this.set({ use: store.what }, store.up ? 1 : 0);
