@@ -178,8 +178,22 @@ describe('workers: 2, under one supervisor', () => {
     for (let i = 0; i < 2; i++) assert.equal((await send(relay.port, 'alice@example.test', ['dave@outlook.test'], message({ to: 'dave@outlook.test' }))).data?.code, 250);
     const received = await internet.destination('outlook.test').waitForMessages(delivered + 2);
     assert.ok(!received.some((m) => m.message.includes('in flight')), 'the cut message reached nobody');
+  });
+
+  it('backs off a worker that keeps dying: the second death within 30 s waits 1 s, and /readyz is unready meanwhile', async () => {
+    const forked = relay.records.filter((r) => r.msg === 'worker forked').at(-1)!;
+    const mark = relay.records.length;
+    process.kill(forked.pid as number, 'SIGKILL');
+    const exited = await relay.waitFor((r) => r.msg === 'worker exited unexpectedly: starting another', mark);
+    assert.equal(exited.restartIn, '1s');
+    const unready = await get('/readyz');
+    assert.equal(unready.status, 503);
+    assert.deepEqual(JSON.parse(unready.body).problems, ['1 of 2 workers running']);
+    const replacement = await relay.waitFor((r) => r.msg === 'worker forked', mark);
+    await relay.waitFor((r) => r.msg === 'worker started' && r.worker === replacement.worker, mark);
+    assert.equal((await get('/readyz')).status, 200);
     const families = await parseExposition((await get('/metrics')).body);
-    assert.equal(sample(families, 'hygiene_relay_worker_restarts_total'), 1);
+    assert.equal(sample(families, 'hygiene_relay_worker_restarts_total'), 2);
   });
 
   it('SIGTERM: every worker drains, then the supervisor exits 0', async () => {
@@ -188,5 +202,19 @@ describe('workers: 2, under one supervisor', () => {
     const after = relay.records.slice(mark);
     assert.equal(new Set(after.filter((r) => r.msg === 'stopped').map((r) => r.worker)).size, 2);
     assert.equal(after[after.length - 1].msg, 'every worker has exited');
+  });
+});
+
+describe('workers: a worker that cannot start', () => {
+  it('stops the start: its one line on stderr, and its exit code', async () => {
+    const internet = await Internet.start({ destinations: [GMAIL] });
+    const dir = mkdtempSync(path.join(tmpdir(), 'relay-workers-'));
+    try {
+      const config = internet.relayConfig({ workers: 2, domains: { 'example.test': { dkim: [{ selector: 's1', key: path.join(dir, 'missing.pem') }] } } });
+      await assert.rejects(RelayProcess.start(path.join(dir, 'relay.yaml'), config), /relay exited with 2: hygiene-relay: config error: .*relay\.yaml: .*missing\.pem/);
+    } finally {
+      await internet.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
