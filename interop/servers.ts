@@ -72,11 +72,15 @@ async function started(name: string, daemon: Daemon, log: () => string, line: Re
 }
 
 /**
- * Postfix from Debian's package, as its own instance: `postfix -c DIR start-fg` with a
- * main.cf and master.cf of our own, its queue, data and maillog_file in DIR. Transport
- * settings are Postfix's defaults; relayhost is the relay.
+ * The directories and main.cf of a Postfix instance of our own in `dir`, never the system's:
+ * configuration in DIR/etc (for `postfix -c`), queue, data and maillog_file in DIR. It
+ * relays whatever `mynetworks` sends to `relayhost` and delivers nothing locally; `extra`
+ * lines follow. master.cf is the caller's.
  */
-export async function startPostfix(dir: string, port: number, relay: { host: string; port: number }): Promise<InternalServer> {
+export async function postfixInstance(
+  dir: string,
+  settings: { name: string; hostname: string; domain: string; mynetworks: string; relayhost: string; extra?: string[] },
+): Promise<{ config: string; maillog: string }> {
   const config = path.join(dir, 'etc');
   const maillog = path.join(dir, 'maillog');
   mkdirSync(config, { recursive: true });
@@ -84,7 +88,6 @@ export async function startPostfix(dir: string, port: number, relay: { host: str
   mkdirSync(path.join(dir, 'data'));
   const postfixUser = Number((await check('id', ['-u', 'postfix'])).trim());
   chownSync(path.join(dir, 'data'), postfixUser, -1);
-  const hostname = `postfix.${DOMAIN}`;
   writeFileSync(
     path.join(config, 'main.cf'),
     [
@@ -95,22 +98,34 @@ export async function startPostfix(dir: string, port: number, relay: { host: str
       `data_directory = ${dir}/data`,
       `maillog_file = ${maillog}`,
       `maillog_file_prefixes = ${dir}`,
-      'syslog_name = postfix-interop',
-      `myhostname = ${hostname}`,
-      `mydomain = ${DOMAIN}`,
-      // Everything goes to the relay; nothing is delivered locally.
+      `syslog_name = postfix-${settings.name}`,
+      `myhostname = ${settings.hostname}`,
+      `mydomain = ${settings.domain}`,
+      // Everything goes to the relayhost; nothing is delivered locally.
       'mydestination =',
       'alias_maps =',
       'alias_database =',
       'inet_interfaces = 127.0.0.1',
       'inet_protocols = ipv4',
-      'mynetworks = 127.0.0.0/8',
+      `mynetworks = ${settings.mynetworks}`,
       // Loopback only: no reverse lookup of the submitting client through the system resolver.
       'smtpd_peername_lookup = no',
-      `relayhost = [${relay.host}]:${relay.port}`,
+      `relayhost = ${settings.relayhost}`,
+      ...(settings.extra ?? []),
       '',
     ].join('\n'),
   );
+  return { config, maillog };
+}
+
+/**
+ * Postfix from Debian's package, as its own instance: `postfix -c DIR start-fg` with a
+ * main.cf and master.cf of our own, its queue, data and maillog_file in DIR. Transport
+ * settings are Postfix's defaults; relayhost is the relay.
+ */
+export async function startPostfix(dir: string, port: number, relay: { host: string; port: number }): Promise<InternalServer> {
+  const hostname = `postfix.${DOMAIN}`;
+  const { config, maillog } = await postfixInstance(dir, { name: 'interop', hostname, domain: DOMAIN, mynetworks: '127.0.0.0/8', relayhost: `[${relay.host}]:${relay.port}` });
   // Debian's master.cf without chroot (a chroot would need copies of /etc files in the
   // queue directory), with the smtpd listener on our port.
   writeFileSync(
