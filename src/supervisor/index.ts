@@ -8,7 +8,7 @@ import { checkReload } from '../relay.ts';
 import { Channel } from './channel.ts';
 import { SharedState } from './state.ts';
 
-export { joinSupervisor, type WorkerLink, type WorkerServices } from './worker.ts';
+export { joinSupervisor } from './worker.ts';
 
 /** A worker that lived this long before it exited was not crash-looping: its replacement starts at once. */
 const STABLE_MS = 30_000;
