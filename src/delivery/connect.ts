@@ -105,13 +105,20 @@ export async function connectDestination(destination: Destination, egress: Egres
             connect: options.delivery.connectTimeout,
             greeting: options.delivery.commandTimeout,
             command: options.delivery.commandTimeout,
+            // RFC 5321 §4.5.3.2.4: the 354 is a command's reply like any other; left out, the
+            // session's own 2 min would hold a tarpit's DATA whatever commandTimeout says.
+            dataStart: options.delivery.commandTimeout,
             dataBlock: options.delivery.dataTimeout,
             dataDone: options.delivery.dataTimeout,
           },
         });
       } catch (err) {
-        if (err instanceof UpstreamError && err.reply && err.kind !== 'tls') refusal = { reply: err.reply, mxHost: hop.name, mxIp: ip };
-        const why = err instanceof UpstreamError && err.reply && err.kind !== 'tls' ? formatReply(err.reply) : (err as Error).message;
+        // Only a 4xx/5xx is the host refusing the session: a 2xx it sent unasked (a protocol
+        // error) is no refusal, and its code must not become the client's (RFC 3463 §3.1: the
+        // enhanced code's class matches the reply's).
+        const refused = err instanceof UpstreamError && err.kind !== 'tls' && err.reply && err.reply.code >= 400 ? err.reply : undefined;
+        if (refused) refusal = { reply: refused, mxHost: hop.name, mxIp: ip };
+        const why = refused ? formatReply(refused) : (err as Error).message;
         attempts.push(`${hop.name} [${ip}]: ${why}`);
         if (starttls === 'required' && err instanceof UpstreamError && err.kind === 'tls') tlsFailures++;
         continue;
