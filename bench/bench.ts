@@ -47,6 +47,8 @@ export interface BenchOptions {
   latencyMessages: number;
   /** msg/s of the latency run; default half the relay's measured rate. */
   latencyRate?: number;
+  /** The relay's `workers` setting. */
+  relayWorkers: number | 'auto';
   /** Messages each system gets before the first round (fills caches, pools and process pools). */
   warmup: number;
   /** The sink keeps every Nth message for mailauth. */
@@ -209,7 +211,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
           versions = found;
           systems.push(await startPostfix(keys, sink, found));
         }
-      } else systems.push(await startRelay(dir, id.slice('relay-'.length) as RelayVariant, dns, keys, sink));
+      } else systems.push(await startRelay(dir, id.slice('relay-'.length) as RelayVariant, options.relayWorkers, dns, keys, sink));
     }
     // Not measured: DNS answers cached, upstream pools and Postfix's process pools filled, JIT warm.
     for (const system of systems) {

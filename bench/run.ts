@@ -13,6 +13,7 @@ import { tables, writeResults } from './report.ts';
  *   --systems a,b         subset of postfix,relay-rsa,relay-ed25519,relay-dual,sink (all)
  *   --latency-messages N  messages of the latency run per system (1000; 0: none)
  *   --latency-rate R      msg/s of the latency run (half the RSA relay's 10k-10 rate)
+ *   --relay-workers N     the relay's `workers` setting: a number or auto (1)
  *   --warmup N            unmeasured messages per system first (500)
  *   --out FILE            where the results go (bench/RESULTS.md)
  * Each option can also come from the environment: BENCH_ROUNDS, BENCH_MESSAGES, and so on.
@@ -25,6 +26,7 @@ const OPTIONS = {
   systems: SYSTEMS.join(','),
   'latency-messages': '1000',
   'latency-rate': '',
+  'relay-workers': '1',
   warmup: '500',
   'sample-every': '100',
   out: path.join(import.meta.dirname, 'RESULTS.md'),
@@ -48,6 +50,7 @@ const result = await runBench({
   systems: option('systems').split(','),
   latencyMessages: count('latency-messages'),
   latencyRate: option('latency-rate') ? Number(option('latency-rate')) : undefined,
+  relayWorkers: option('relay-workers') === 'auto' ? 'auto' : Math.max(1, count('relay-workers')),
   warmup: count('warmup'),
   sampleEvery: Math.max(1, count('sample-every')),
   progress: (line) => process.stderr.write(`bench: ${line}\n`),

@@ -113,9 +113,11 @@ const RELAY_LABEL: Record<RelayVariant, string> = { rsa: 'relay RSA-2048', ed255
  * under enforce, delivering by MX to the sink. Its log goes to a file: parsing every
  * transaction record in the driver would put the driver's CPU into the measurement.
  */
-export async function startRelay(dir: string, variant: RelayVariant, dns: DnsServer, keys: Keys, sink: Sink): Promise<System> {
+export async function startRelay(dir: string, variant: RelayVariant, workers: number | 'auto', dns: DnsServer, keys: Keys, sink: Sink): Promise<System> {
   const port = await freePort();
+  const label = workers === 1 ? RELAY_LABEL[variant] : `${RELAY_LABEL[variant]}, workers: ${workers}`;
   const config = {
+    workers,
     listeners: [{ host: '127.0.0.1', port }],
     clients: { networks: ['127.0.0.1/32'] },
     egress: [{ ip: RELAY_EGRESS, helo: 'auto' }],
@@ -148,13 +150,13 @@ export async function startRelay(dir: string, variant: RelayVariant, dns: DnsSer
     // A group of its own, as stop() expects (it signals the group).
     detached: true,
   });
-  await until(`${RELAY_LABEL[variant]} to log "relay started"`, START_TIMEOUT, () => {
-    if (child.exitCode !== null) throw new Error(`${RELAY_LABEL[variant]} exited with ${child.exitCode}:\n${readFileSync(logFile, 'utf8')}`);
+  await until(`${label} to log "relay started"`, START_TIMEOUT, () => {
+    if (child.exitCode !== null) throw new Error(`${label} exited with ${child.exitCode}:\n${readFileSync(logFile, 'utf8')}`);
     return readFileSync(logFile, 'utf8').includes('"relay started"');
   });
   return {
     id: `relay-${variant}`,
-    label: RELAY_LABEL[variant],
+    label,
     port,
     signatures: variant === 'dual' ? 2 : 1,
     roots: () => [child.pid!],
