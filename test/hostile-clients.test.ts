@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -41,6 +42,35 @@ describe('strangers cannot take the slots of the relay’s own clients', () => {
     const records = world.logs.records.filter((r) => r.msg === 'refused' && r.stage === 'session');
     assert.ok(records.length <= addresses.length, `${records.length} refusal records`);
     for (const { client } of greeted) client.destroy();
+  });
+});
+
+/** Connects and sends EHLO at once, before any greeting: the replies, until the relay has answered the EHLO or closed. */
+function talkFirst(port: number, localAddress: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let heard = '';
+    const socket = net.connect({ port, host: '127.0.0.1', localAddress }, () => socket.write('EHLO eager.example.test\r\n'));
+    socket.on('data', (chunk) => {
+      heard += chunk.toString('latin1');
+      if (/^250 /m.test(heard)) socket.end();
+    });
+    socket.on('close', () => resolve(heard));
+    socket.on('error', reject);
+  });
+}
+
+describe('the greeting', () => {
+  let world: World;
+  before(async () => {
+    world = await World.start();
+  });
+  after(async () => world.close());
+
+  it('comes at once for a trusted network: its EHLO, sent before it, is answered; a stranger talking first is an early talker', async () => {
+    const trusted = await talkFirst(world.port, '127.0.0.1');
+    assert.match(trusted, /^220 [^\r]*\r\n250-/);
+    const stranger = await talkFirst(world.port, '127.0.5.1');
+    assert.match(stranger, /^421 [^\r]*You talk too soon/);
   });
 });
 

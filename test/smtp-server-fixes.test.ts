@@ -51,7 +51,7 @@ describe('smtp-server fixes of the relay listeners', () => {
   const heard: string[] = [];
   const ports: number[] = [];
   before(async () => {
-    adoptListener(adopted, (_connection, reply) => heard.push(reply), { command: 60_000, session: 3_600_000 });
+    adoptListener(adopted, (_connection, reply) => heard.push(reply), { command: 60_000, session: 3_600_000, greetAtOnce: () => false });
     ports.push(await listen(adopted), await listen(plain));
   });
   after(async () => {

@@ -172,7 +172,11 @@ export class Inbound {
     for (const warning of tls?.warnings ?? []) this.#logger.warn({ warning }, 'TLS warning');
     for (const [index, listener] of config.listeners.entries()) {
       const server = this.#createServer(listener, this.#state.slots(index, config.limits), config, tls?.credentials);
-      adoptListener(server, (connection, reply) => this.#heard(connection, reply), { command: config.limits.clientTimeout, session: config.limits.maxSessionTime });
+      adoptListener(server, (connection, reply) => this.#heard(connection, reply), {
+        command: config.limits.clientTimeout,
+        session: config.limits.maxSessionTime,
+        greetAtOnce: (address) => this.#clients.client(address, undefined) !== undefined,
+      });
       servers.add(server);
       try {
         await this.#bind(server, listener);

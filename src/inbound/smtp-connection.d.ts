@@ -17,6 +17,9 @@ declare module 'smtp-server/lib/smtp-connection.js' {
     _closed?: boolean;
     _parser?: { _dataMode?: boolean } | false;
     _onClose(): void;
+    needsUpgrade?: boolean;
+    init(): void;
+    connectionReady(next?: () => void): void;
     send(code: number, data?: string | string[], context?: string | false): void;
     _onCommand(command: Buffer, callback?: () => void): void;
     _createParser(): Writable;

@@ -28,7 +28,11 @@ import { wrapReplyText } from '../smtp/index.ts';
  *    second holds its connection forever. An adopted listener also gives each command line a
  *    deadline from the reply before it (the per-record deadline of Postfix's smtpd), and each
  *    session a maximum length (`SessionLimits`).
- * 4. smtp-server's own close() answers every command with 421 at once, also the DATA of a
+ * 4. smtp-server holds every greeting back 100 ms to catch clients that talk before it (a
+ *    spammer's trick); the relay's own clients (`greetAtOnce`: its trusted networks) are
+ *    greeted at once, so a printer or an application opening a connection per message is
+ *    not held to ten messages a second per connection. Strangers still wait.
+ * 5. smtp-server's own close() answers every command with 421 at once, also the DATA of a
  *    transaction half done, and leaves idle sessions open for its 30 s close timeout. A
  *    drained listener (`drainListener`) lets the current transaction finish and then ends
  *    each session, idle ones at once, with `421 4.3.2` (RFC 5321 §3.8: the server may close
@@ -43,10 +47,11 @@ export const WRITTEN_FOR = '3.21.6';
  */
 export type ReplyObserver = (connection: { id: string; remoteAddress: string }, reply: string) => void;
 
-/** How long a whole command line may take, and a whole session (milliseconds). */
+/** How long a whole command line may take, and a whole session (milliseconds); who is greeted without the early-talker wait. */
 export interface SessionLimits {
   command: number;
   session: number;
+  greetAtOnce: (address: string) => boolean;
 }
 
 const listeners = new WeakMap<SMTPServer, ReplyObserver>();
@@ -63,7 +68,17 @@ export function adoptListener(server: SMTPServer, onReply: ReplyObserver, sessio
   limits.set(server, sessionLimits);
   if (installed) return;
   installed = true;
-  const { send, _createParser: createParser, _onCommand: onCommand, _onClose: onClose } = SMTPConnection.prototype;
+  const { send, _createParser: createParser, _onCommand: onCommand, _onClose: onClose, init } = SMTPConnection.prototype;
+  SMTPConnection.prototype.init = function (this: SMTPConnection) {
+    init.call(this);
+    const own = limits.get(this._server);
+    // A plain socket has run init's checks (maxClients) by now; a TLS one greets after its handshake, as ever.
+    if (!own || this.needsUpgrade || this._closing || !own.greetAtOnce(this.remoteAddress)) return;
+    const ready = this.connectionReady;
+    // The 100 ms timer still fires: its call does nothing now.
+    this.connectionReady = () => undefined;
+    ready.call(this);
+  };
   SMTPConnection.prototype.send = function (this: SMTPConnection, code: number, data?: string | string[], context?: string | false) {
     const onReply = listeners.get(this._server);
     if (!onReply) return send.call(this, code, data, context);
