@@ -1,4 +1,3 @@
-import MimeNode from 'nodemailer/lib/mime-node';
 import { connectDestination, resolveDestination, routeDestination } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
 import { enhancedOf, formatReply, type Reply } from '../smtp/index.ts';
@@ -32,6 +31,9 @@ function printable(text: string): string {
 }
 
 export async function composeStatusNotification(input: NotificationInput, reportingMta: string): Promise<Buffer> {
+  // Imported when the first notification is composed: nodemailer's MIME builder and its
+  // encoders hold ~4 MB of heap, and most relays never send one (bench/RESULTS.md, "Memory").
+  const { default: MimeNode } = await import('nodemailer/lib/mime-node');
   const report = new MimeNode('multipart/report; report-type=delivery-status');
   report.setHeader({
     From: `Mail Delivery System <MAILER-DAEMON@${reportingMta}>`,
