@@ -113,11 +113,25 @@ const RELAY_LABEL: Record<RelayVariant, string> = { rsa: 'relay RSA-2048', ed255
  * under enforce, delivering by MX to the sink. Its log goes to a file: parsing every
  * transaction record in the driver would put the driver's CPU into the measurement.
  */
-export async function startRelay(dir: string, variant: RelayVariant, workers: number | 'auto', dns: DnsServer, keys: Keys, sink: Sink): Promise<System> {
+/** How to start a relay other than the default (this tree's, through its launcher, as the bench measures it). */
+export interface RelayStart {
+  /** The relay tree whose bin/ and src/ run: another checkout's code measured by this harness (a profile of an older commit). */
+  root?: string;
+  /**
+   * Start `ROOT/bin/hygiene-relay.ts` with this Node and these flags instead of through the
+   * launcher (whose own flags are fixed): `--cpu-prof`, `--heapsnapshot-signal`.
+   */
+  nodeFlags?: string[];
+  /** Settings merged into the config's sections (memory: more clients, a bigger message, the spool). */
+  config?: Record<string, Record<string, unknown>>;
+}
+
+export async function startRelay(dir: string, variant: RelayVariant, workers: number | 'auto', dns: DnsServer, keys: Keys, sink: Sink, how: RelayStart = {}): Promise<System> {
   const port = await freePort();
   const label = workers === 1 ? RELAY_LABEL[variant] : `${RELAY_LABEL[variant]}, workers: ${workers}`;
-  const config = {
-    workers,
+  const config: Record<string, unknown> = {
+    // Left out at its default, so that a tree from before workers existed takes the config.
+    ...(workers === 1 ? {} : { workers }),
     listeners: [{ host: '127.0.0.1', port }],
     clients: { networks: ['127.0.0.1/32'] },
     egress: [{ ip: RELAY_EGRESS, helo: 'auto' }],
@@ -141,11 +155,17 @@ export async function startRelay(dir: string, variant: RelayVariant, workers: nu
     // The start-up doctor would look the egress up in public blocklists this zone has not got.
     doctor: { blocklists: [] },
   };
+  for (const [section, settings] of Object.entries(how.config ?? {})) config[section] = { ...(config[section] as Record<string, unknown> | undefined), ...settings };
   const file = path.join(dir, `relay-${variant}.yaml`);
   const logFile = path.join(dir, `relay-${variant}.log`);
   writeFileSync(file, stringify(config));
   const log = openSync(logFile, 'w');
-  const child = spawn(process.execPath, [path.resolve(import.meta.dirname, '../bin/hygiene-relay.ts'), 'start', '--config', file], {
+  const root = how.root ?? path.resolve(import.meta.dirname, '..');
+  // The launcher is what admins and systemd start, with the Node flags it sets.
+  const [command, args] = how.nodeFlags
+    ? [process.execPath, [...how.nodeFlags, path.join(root, 'bin/hygiene-relay.ts')]]
+    : [path.join(root, 'bin/hygiene-relay'), []];
+  const child = spawn(command, [...args, 'start', '--config', file], {
     stdio: ['ignore', log, log],
     // A group of its own, as stop() expects (it signals the group).
     detached: true,
