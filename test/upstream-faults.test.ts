@@ -163,3 +163,29 @@ describe('upstream faults, seen by a client of a relay process', () => {
     assert.equal(relay.child.exitCode, null);
   });
 });
+
+describe('a destination that offers PIPELINING and ends the session at MAIL FROM', () => {
+  let internet: Internet;
+  let relay: RelayProcess;
+  let dir: string;
+  before(async () => {
+    // smtp-server offers PIPELINING: MAIL FROM and the first RCPT TO go in one write.
+    internet = await Internet.start({ destinations: [{ domain: 'gmail.test', mx: [{ name: 'mx.gmail.test', ip: '127.0.0.10' }], script: { mailFrom: () => ({ code: 421, message: '4.3.2 Service shutting down' }) } }] });
+    dir = mkdtempSync(path.join(tmpdir(), 'relay-pipelined-'));
+    relay = await RelayProcess.start(path.join(dir, 'relay.yaml'), internet.relayConfig());
+  });
+  after(async () => {
+    await relay.stop();
+    await internet.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('answers the RCPT 4xx and stays up: the waiter for the unanswered RCPT is not left rejected', async () => {
+    const first = await send(relay.port, 'alice@example.test', ['bob@gmail.test'], message());
+    assert.ok(first.rcpts[0].code >= 400 && first.rcpts[0].code < 500, JSON.stringify(first.rcpts[0]));
+    internet.destination('gmail.test').script = {};
+    const second = await send(relay.port, 'alice@example.test', ['bob@gmail.test'], message());
+    assert.equal(second.data?.code, 250, JSON.stringify(second));
+    assert.equal(relay.child.exitCode, null);
+  });
+});

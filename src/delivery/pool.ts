@@ -39,8 +39,9 @@ const sessionSeconds = new Histogram({
 
 /**
  * A session idle for less than this is reused as it is when its last transaction ended with
- * the message accepted or an RSET, which leaves it ready for the next (RFC 5321 §4.1.1.4, §4.1.1.5),
- * and a peer that closed it since has been seen doing so. Past it, an RSET checks it first: a socket dropped silently while idle
+ * the message accepted or an RSET, which leaves it ready for the next (RFC 5321 §4.1.1.4,
+ * §4.1.1.5). A peer that closed it in the meantime has usually been seen doing so; when not,
+ * the first command finds it lost and the leg takes a fresh session (proxy/leg.ts). Past it, an RSET checks it first: a socket dropped silently while idle
  * would otherwise hold the client for a whole command timeout.
  */
 const TRUSTED_IDLE_MS = 2000;

@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import type { AddressInfo } from 'node:net';
 import { domainToASCII } from 'node:url';
 import { RateLimiterMemory, type RateLimiterAbstract } from 'rate-limiter-flexible';
@@ -33,6 +34,9 @@ const IN_PROCESS: InboundState = { slots: (_, limits) => new ConnectionSlots(lim
 type Callback = (err?: Error | null) => void;
 
 const MAX_AUTH_FAILURES = 3;
+
+/** How long a drain waits, past shutdownTimeout, for the deliveries of the sessions it cut. */
+const CUT_DELIVERY_WAIT_MS = 10_000;
 
 /** A listener whose address is taken (the old process still draining) or not yet on the host is tried again this often. */
 const BIND_RETRY_MS = 1000;
@@ -130,6 +134,8 @@ export class Inbound {
   #authLimits: AuthLimits;
   #state: InboundState;
   #draining = false;
+  /** Messages being delivered: a drain waits for those of sessions it cut, so the memo records what arrived. */
+  #deliveries = new Set<Promise<Outcome>>();
 
   constructor(ctx: RelayContext, egress: EgressPool, state: InboundState = IN_PROCESS) {
     this.#ctx = ctx;
@@ -229,6 +235,9 @@ export class Inbound {
     }
     this.#unbound.clear();
     const drained = await Promise.all(this.#servers.map(({ server }) => drainListener(server, timeout)));
+    // A session cut at the deadline may have its message on the way to a destination still:
+    // what that one accepts goes into the memo, so the client's retry does not bring it twice.
+    if (this.#deliveries.size) await Promise.race([Promise.allSettled([...this.#deliveries]), delay(CUT_DELIVERY_WAIT_MS, undefined, { ref: false })]);
     for (const { server } of this.#servers) servers.delete(server);
     this.#servers = [];
     this.#refusals.close();
@@ -322,7 +331,12 @@ export class Inbound {
             // The user name, never the password.
             this.#refusals.refused({ client: session.remoteAddress, stage: 'AUTH', user, reply, reason: `authentication failed (${failures} of ${MAX_AUTH_FAILURES} attempts)` });
           },
-          (err: Error) => callback(Object.assign(new Error(`4.7.0 Temporary authentication failure (${err.message})`), { responseCode: 454 })),
+          (err: Error) => {
+            // The cause is the relay's (Redis, the supervisor): logged, not told to the client.
+            this.#logger.error({ err, client: address, user }, 'AUTH could not be checked');
+            const reply = this.#answer(session.id, () => callback(Object.assign(new Error('4.7.0 Temporary authentication failure; try again later'), { responseCode: 454 })));
+            this.#refusals.refused({ client: address, stage: 'AUTH', user, reply, reason: `authentication could not be checked: ${err.message}` });
+          },
         );
       },
       onMailFrom: (address, session, callback) => {
@@ -350,7 +364,10 @@ export class Inbound {
           stream.resume();
           return callback(toSmtpError(failure('temporary', 451, '4.3.0', 'transaction state lost').reply));
         }
-        void transaction.deliver(stream).then(
+        const delivering = transaction.deliver(stream);
+        this.#deliveries.add(delivering);
+        void delivering.finally(() => this.#deliveries.delete(delivering)).catch(() => undefined);
+        void delivering.then(
           (outcome) => {
             this.#transactions.delete(session.id);
             // The reply names its own enhanced code (smtp-server-fixes.ts keeps it): the client gets exactly the outcome.

@@ -116,9 +116,10 @@ export class Leg {
       return { outcome, said: formatReply(reply) };
     } catch (err) {
       // A reused session is taken without a probe (pool.ts): one the destination closed while
-      // it was idle fails at its first command, before anything of this transaction was
-      // accepted, so the transaction goes on over a fresh session instead.
-      if (opening && this.lease.reused) {
+      // it was idle is lost at its first command, before anything of this transaction was
+      // accepted, so the transaction goes on over a fresh session instead. (A timeout or a
+      // protocol error is the destination's answer, not a stale session's.)
+      if (opening && this.lease.reused && err instanceof UpstreamError && err.kind === 'lost') {
         await this.lease.finish(false);
         this.lease = undefined;
         await this.#take();

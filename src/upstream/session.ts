@@ -335,6 +335,9 @@ export class UpstreamSession {
       if (this.#failure) throw this.#closedError();
       this.#socket.write(`${mail}\r\n${rcpt}\r\n`);
       const replies = [this.#readReply(this.#timeouts.command, 'MAIL FROM'), this.#readReply(this.#timeouts.command, 'RCPT TO')];
+      // When the session ends at MAIL (a 421, a reset, a timeout) the RCPT's waiter is rejected
+      // too, and nobody awaits it then: handled here, or it would end the process.
+      replies[1].catch(() => undefined);
       const first = await replies[0];
       if (first.code === 421) {
         this.#end(first);
