@@ -70,11 +70,11 @@ export function applyHygiene(original: HeaderSection, options: { removeReceived:
 }
 
 /** DKIM-Signature fields for the message's author domain (its From), and what the record says of them. */
-export function sign(header: HeaderSection, bodyHash: string, keyRing: KeyRing): { header: Buffer; record: Signature[] | string; keys: SigningKey[] } {
+export async function sign(header: HeaderSection, bodyHash: string, keyRing: KeyRing): Promise<{ header: Buffer; record: Signature[] | string; keys: SigningKey[] }> {
   const author = authorDomain(header);
   if (!author) return { header: Buffer.alloc(0), record: 'unsigned: no From address', keys: [] };
   const keys = keyRing.forAuthor(author);
   if (keys.length === 0) return { header: Buffer.alloc(0), record: `unsigned: no DKIM key for ${author}`, keys };
-  const signed = signHeaders(header, bodyHash, keys);
+  const signed = await signHeaders(header, bodyHash, keys);
   return { header: signed.header, record: signed.signatures, keys };
 }

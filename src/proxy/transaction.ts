@@ -204,7 +204,7 @@ export class Transaction {
       this.#added = added;
       // The record names the Message-ID that left, the one the relay added included.
       messageId = header.value('message-id');
-      const signed = sign(header, bodyHash.digest(), this.#ctx.keys);
+      const signed = await sign(header, bodyHash.digest(), this.#ctx.keys);
       dkim = signed.record;
       const bulk = isBulk(header, config, { author: checked.from, sender: this.#sender });
       const message: SpooledMessage = { spool, header, offset: original.bytes.length, signatures: signed.header, bulk };
