@@ -1,5 +1,5 @@
 import type { ConnectionOptions } from 'node:tls';
-import { KeyRing } from './auth/index.ts';
+import { KeyRing, startRsaSigner } from './auth/index.ts';
 import type { Config } from './config/index.ts';
 import { MtaSts, Playbook, Providers, ShapingState, SharedPolicyCache, UpstreamPool, type Shaper } from './delivery/index.ts';
 import { createResolver, type CacheCount, type FlushCount } from './dns/index.ts';
@@ -60,6 +60,7 @@ function loadKeys(config: Config, logger: Logger): KeyRing {
     logger.info({ domain: key.domain, selector: key.selector, algorithm: key.algorithm, bits: key.bits, standby: key.standby, source: key.source }, 'DKIM key loaded');
   }
   for (const warning of keys.warnings) logger.warn({ warning }, 'DKIM key warning');
+  if (keys.keys.some((key) => key.algorithm === 'rsa-sha256')) startRsaSigner();
   return keys;
 }
 

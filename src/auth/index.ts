@@ -4,3 +4,4 @@ export { checkPublished, parseTags, txtRecordValue, txtZoneLine, zoneFileLine, t
 export { generateDkimKey } from './dkim/keygen.ts';
 export { checkSender, checkSpf, evaluateSpf, judge, policyFor, predict, predictFromParts, spfAdvice, spfMechanism, type Check, type Policy, type PolicyVerdict, type Prediction, type SpfLookups, type SpfVerdict } from './preflight.ts';
 export { isBulk, judgeDestination, unsubscribeOf, type ProfileVerdict, type Sending, type Unsubscribe } from './profile.ts';
+export { startRsaSigner } from './dkim/rsa-signer.ts';

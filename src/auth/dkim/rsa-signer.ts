@@ -52,6 +52,14 @@ function thread(): Worker {
   return started;
 }
 
+/**
+ * Starts the signing thread now (a relay with an RSA key, at start): its few MB are part of
+ * the relay's standing cost, not of the first message, and that message does not wait for it.
+ */
+export function startRsaSigner(): void {
+  thread();
+}
+
 /** RSASSA-PKCS1-v1_5 with SHA-256 of `data` (RFC 8017 §8.2; RFC 6376 §3.3.1), computed by the signing thread. */
 export function rsaSign(data: Buffer, key: KeyObject): Promise<Buffer> {
   const id = next++;
