@@ -63,10 +63,6 @@ export class ConnectionSlots implements Slots {
     this.#trusted.add(session);
   }
 
-  isStranger(session: string): boolean {
-    return this.#strangers.has(session);
-  }
-
   release(session: string): void {
     this.#trusted.delete(session);
     this.#releaseStranger(session);
