@@ -20,6 +20,8 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   bash "$(dirname "$0")/../bench/install.sh" || echo "the bench smoke runs without Postfix + OpenDKIM" >&2
 fi
+# podman, runc and debootstrap for test/container.test.ts (root with apt-get only).
+bash "$(dirname "$0")/container-deps.sh"
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
