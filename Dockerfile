@@ -40,11 +40,12 @@ RUN install -d -o node -g node -m 0700 /var/lib/hygiene-relay /run/hygiene-relay
 VOLUME /var/lib/hygiene-relay
 USER node
 EXPOSE 2525 9090
-# /healthz on the http port (slim has no curl; Node has fetch). A config with another
-# http.port or host sets HYGIENE_RELAY_HEALTHZ to match.
-ENV HYGIENE_RELAY_HEALTHZ=http://127.0.0.1:9090/healthz
+# /healthz on the http port (slim has no curl; bin/healthcheck.js uses Node's fetch), or the
+# SMTP greeting when nothing listens there (`http: null`). A config with another http.port or
+# host sets HYGIENE_RELAY_HEALTHZ to match, another SMTP listener HYGIENE_RELAY_SMTP (host:port).
+ENV HYGIENE_RELAY_HEALTHZ=http://127.0.0.1:9090/healthz HYGIENE_RELAY_SMTP=127.0.0.1:2525
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["node", "-e", "fetch(process.env.HYGIENE_RELAY_HEALTHZ).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+  CMD ["node", "/app/bin/healthcheck.js"]
 # The relay drains on SIGTERM (README "Shutdown: the drain"); the launcher execs Node with
 # its flags, so Node is PID 1 and receives the signal itself.
 STOPSIGNAL SIGTERM

@@ -136,6 +136,13 @@ else
       assert.equal(result.code, 0, result.stdout + result.stderr);
     });
 
+    it('checks the SMTP greeting when the HTTP port is off (http: null), and fails when neither answers', async () => {
+      const closed = await freePort();
+      const check = (smtp: number) => podman(['exec', '-e', `HYGIENE_RELAY_HEALTHZ=http://127.0.0.1:${closed}/healthz`, '-e', `HYGIENE_RELAY_SMTP=127.0.0.1:${smtp}`, name, 'node', '/app/bin/healthcheck.js']);
+      assert.equal((await check(port)).code, 0);
+      assert.equal((await check(closed)).code, 1);
+    });
+
     it('runs the relay as PID 1, not as root', async () => {
       const exe = await podman(['exec', name, 'readlink', '/proc/1/exe']);
       assert.equal(exe.stdout.trim(), '/usr/local/bin/node', exe.stderr);
