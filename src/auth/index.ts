@@ -3,5 +3,5 @@ export { RelaxedBodyHash, signHeaders, SIGNED_HEADERS, type Signature } from './
 export { checkPublished, parseTags, txtRecordValue, txtZoneLine, zoneFileLine, type PublishedKey } from './dkim/record.ts';
 export { generateDkimKey } from './dkim/keygen.ts';
 export { checkSender, checkSpf, evaluateSpf, judge, policyFor, predict, predictFromParts, spfAdvice, spfMechanism, type Check, type Policy, type PolicyVerdict, type Prediction, type SpfLookups, type SpfVerdict } from './preflight.ts';
-export { isBulk, judgeDestination, unsubscribeOf, type ProfileVerdict, type Sending, type Unsubscribe } from './profile.ts';
+export { isBulk, judgeDestination, oneClickGaps, unsubscribeOf, type ProfileVerdict, type Sending, type Unsubscribe } from './profile.ts';
 export { startRsaSigner } from './dkim/rsa-signer.ts';

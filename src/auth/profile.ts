@@ -122,13 +122,26 @@ export function judgeDestination(options: { requires: Profile; profile: string; 
   return { profile, bulk, verdict, summary, failures: failures.map((f) => f.label), reasons, outcome };
 }
 
+/**
+ * What the message lacks of RFC 8058 one-click unsubscribe, each named for the reply: §3.1
+ * wants a List-Unsubscribe field (RFC 2369) with an HTTPS URI, and List-Unsubscribe-Post
+ * whose value is exactly List-Unsubscribe=One-Click. Empty when it has it.
+ */
+export function oneClickGaps(header: HeaderSection): string[] {
+  const link = header.value('list-unsubscribe');
+  const post = header.value('list-unsubscribe-post');
+  const gaps: string[] = [];
+  if (link === undefined) gaps.push('List-Unsubscribe (with an https URI)');
+  else if (!/<https:\/\//i.test(link)) gaps.push('an https URI in List-Unsubscribe');
+  if (post === undefined) gaps.push('List-Unsubscribe-Post: List-Unsubscribe=One-Click');
+  else if (!/^List-Unsubscribe=One-Click$/i.test(post.trim())) gaps.push('List-Unsubscribe-Post: List-Unsubscribe=One-Click (its value is another)');
+  return gaps;
+}
+
 /** RFC 2369 / RFC 8058: how the message offers to unsubscribe. */
 export function unsubscribeOf(header: HeaderSection): Unsubscribe {
-  const link = header.value('list-unsubscribe');
-  if (link === undefined) return 'none';
-  const post = header.value('list-unsubscribe-post');
-  // RFC 8058 §3.1: an HTTPS URI, and the POST body List-Unsubscribe=One-Click.
-  return /<https:\/\//i.test(link) && post !== undefined && /^List-Unsubscribe=One-Click$/i.test(post.trim()) ? 'one-click' : 'link';
+  if (header.value('list-unsubscribe') === undefined) return 'none';
+  return oneClickGaps(header).length === 0 ? 'one-click' : 'link';
 }
 
 /**

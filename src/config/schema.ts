@@ -382,6 +382,11 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** Remove the Received fields the internal servers added before the message reached the relay. */
       removeReceived: z.boolean().default(false),
+      /**
+       * Consumer mailbox providers' domains a From may not name unless the relay has a DKIM key
+       * for it, added to the shipped list (proxy/consumer-domains.yaml).
+       */
+      consumerDomains: z.array(domain).default([]),
     })
     .prefault({}),
   /** Sending domains, keyed by domain name: DKIM keys and authentication policy. */

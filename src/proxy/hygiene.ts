@@ -1,5 +1,8 @@
+import { readFileSync } from 'node:fs';
 import addressparser from 'nodemailer/lib/addressparser';
-import { signHeaders, type KeyRing, type Signature, type SigningKey } from '../auth/index.ts';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { oneClickGaps, signHeaders, type KeyRing, type Signature, type SigningKey } from '../auth/index.ts';
 import { MAX_LINE, type HeaderSection, type Malformation } from '../message/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo } from './context.ts';
@@ -48,6 +51,45 @@ export function checkFrom(header: HeaderSection, client: ClientInfo): { from: st
     return { refused: failure('permanent', 550, '5.7.1', `${client.user ? `user ${client.user}` : client.address} may not send as ${mailboxes[0].address} (From)`) };
   }
   return { from: mailboxes[0].address };
+}
+
+/** The consumer mailbox providers' domains the relay ships (consumer-domains.yaml: data, with its sources). */
+const CONSUMER_DOMAINS = new Set(z.array(z.string().min(1)).parse(parseYaml(readFileSync(new URL('./consumer-domains.yaml', import.meta.url), 'utf8'))));
+
+/** A rule of the relay's own that the message breaks: refused under enforce, recorded under monitor. */
+export interface RuleBreach {
+  rule: 'consumer-from' | 'bulk-unsubscribe';
+  reason: string;
+}
+
+/**
+ * The relay's rules on what a message may claim, for every destination alike:
+ * - nobody else's From: a From in a consumer mailbox provider's domain (the shipped list and
+ *   `hygiene.consumerDomains`) that the relay holds no DKIM key for fails DMARC wherever the
+ *   provider's policy is honoured, and Gmail's sender guidelines forbid it;
+ * - bulk mail (auth/profile.ts `isBulk`, issue 8) offers one-click unsubscribe (RFC 8058),
+ *   as Gmail and Yahoo demand of bulk senders; sign.ts always signs both fields (RFC 8058 §4).
+ */
+export function checkRules(input: { header: HeaderSection; author: string; keys: number; bulk: boolean; consumerDomains: string[] }): RuleBreach[] {
+  const breaches: RuleBreach[] = [];
+  const domain = input.author.toLowerCase();
+  if (input.keys === 0 && (CONSUMER_DOMAINS.has(domain) || input.consumerDomains.includes(domain))) {
+    breaches.push({
+      rule: 'consumer-from',
+      reason: `From ${domain} is a mailbox provider's domain the relay has no DKIM key for: its DMARC policy makes mail it did not send fail (Gmail forbids it outright); send as a domain of your own and put the address in Reply-To`,
+    });
+  }
+  const gaps = input.bulk ? oneClickGaps(input.header) : [];
+  if (gaps.length) {
+    breaches.push({ rule: 'bulk-unsubscribe', reason: `bulk mail needs one-click unsubscribe (RFC 8058), and the message lacks ${gaps.join(' and ')}` });
+  }
+  return breaches;
+}
+
+/** The refusal of a message that breaks the relay's rules: every breach named. */
+export function rulesRefusal(breaches: RuleBreach[]): Outcome {
+  // RFC 3463 §3.8: X.7.1, delivery not authorized, message refused.
+  return failure('permanent', 550, '5.7.1', breaches.map((b) => b.reason).join('; '));
 }
 
 /**

@@ -5,6 +5,7 @@ import { LRUCache } from 'lru-cache';
 import { Counter, Histogram, METRIC_PREFIX, SECONDS_BUCKETS, type Logger } from '../observability/index.ts';
 import { formatReply, saidOf, type Outcome } from '../smtp/index.ts';
 import type { ClientInfo } from './context.ts';
+import type { RuleBreach } from './hygiene.ts';
 
 const transactions = new Counter({
   name: `${METRIC_PREFIX}transactions_total`,
@@ -18,7 +19,7 @@ const recipients = new Counter({
 });
 const policyRefusals = new Counter({
   name: `${METRIC_PREFIX}policy_refusals_total`,
-  help: "Mail the relay's own policy refused, by reason: untrusted_client, sender_domain (a client sending as a domain it may not), spf (at MAIL FROM), preflight (the author domain's floor), provider_profile (a destination's provider would refuse it)",
+  help: "Mail the relay's own policy refused, by reason: untrusted_client, sender_domain (a client sending as a domain it may not), spf (at MAIL FROM), preflight (the author domain's floor), provider_profile (a destination's provider would refuse it), consumer_from (a From in a mailbox provider's domain), bulk_unsubscribe (bulk mail without one-click unsubscribe)",
   labelNames: ['reason'],
 });
 const transactionSeconds = new Histogram({
@@ -66,6 +67,7 @@ export function countTransaction(facts: TransactionFacts, record: ReturnType<typ
     recipients.inc({ result: recipient.result, reply_class: replyClass(recipient), provider, category: recipient.category ?? 'none' });
   }
   if ((facts.preflight as { verdict?: string } | undefined)?.verdict === 'refused') policyRefusals.inc({ reason: 'preflight' });
+  if (facts.rules?.verdict === 'refused') for (const { rule } of facts.rules.breaches) policyRefusals.inc({ reason: rule === 'consumer-from' ? 'consumer_from' : 'bulk_unsubscribe' });
   for (const leg of facts.legs) if (leg.profile?.verdict === 'refused' || leg.profile?.verdict === 'deferred') policyRefusals.inc({ reason: 'provider_profile' });
 }
 
@@ -114,6 +116,8 @@ export interface TransactionFacts {
   egress: Egress;
   spf?: SpfVerdict;
   preflight?: Record<string, unknown>;
+  /** The relay's own rules the message breaks (proxy/hygiene.ts), refused under enforce. */
+  rules?: { verdict: 'refused' | 'would refuse (monitor)'; breaches: RuleBreach[] };
   addedHeaders: string[];
   legs: LegFacts[];
   message: MessageFacts;
@@ -164,6 +168,7 @@ export function transactionRecord(facts: TransactionFacts): Record<string, unkno
     egress: { ip: egress.ip, helo: egress.helo, verified: egress.verified },
     spf: facts.spf,
     preflight: facts.preflight,
+    rules: facts.rules,
     addedHeaders: facts.addedHeaders.length ? facts.addedHeaders : undefined,
     upstream,
     ...facts.message,

@@ -19,7 +19,7 @@ import type { ClientInfo, MailParams, RelayContext } from './context.ts';
 import type { MemoKey } from './memo.ts';
 import { BodyScan, HeaderSection, HeaderSplitter, headerMalformation } from '../message/index.ts';
 import { authorDomain, receivedHeader } from './headers.ts';
-import { applyHygiene, checkFrom, malformedRefusal, sign } from './hygiene.ts';
+import { applyHygiene, checkFrom, checkRules, malformedRefusal, rulesRefusal, sign } from './hygiene.ts';
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
 import { runPreflight } from './preflight-run.ts';
@@ -86,6 +86,8 @@ export class Transaction {
   #spf?: SpfVerdict;
   #added: string[] = [];
   #preflightRecord?: Record<string, unknown>;
+  /** The relay's own rules the message breaks (hygiene.ts `checkRules`), and what became of it. */
+  #rules?: TransactionFacts['rules'];
 
   constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress) {
     this.#ctx = ctx;
@@ -207,6 +209,17 @@ export class Transaction {
       const signed = await sign(header, bodyHash.digest(), this.#ctx.keys);
       dkim = signed.record;
       const bulk = isBulk(header, config, { author: checked.from, sender: this.#sender });
+      const author = authorDomain(header)!;
+      const breaches = checkRules({ header, author, keys: signed.keys.length, bulk, consumerDomains: config.hygiene.consumerDomains });
+      if (breaches.length) {
+        // The author domain's policy decides, as it does for the preflight: monitor relays and records.
+        const enforce = policyFor(config, author).mode === 'enforce';
+        this.#rules = { verdict: enforce ? 'refused' : 'would refuse (monitor)', breaches };
+        if (enforce) {
+          outcome = this.#own(rulesRefusal(breaches));
+          return outcome;
+        }
+      }
       const message: SpooledMessage = { spool, header, offset: original.bytes.length, signatures: signed.header, bulk };
       const stopped = await this.#preflight(message, signed.keys);
       if (stopped) {
@@ -383,6 +396,7 @@ export class Transaction {
       egress: this.#egress,
       spf: this.#spf,
       preflight: this.#preflightRecord,
+      rules: this.#rules,
       addedHeaders: this.#added,
       legs: [...this.#legs.values()],
       message: this.#message ?? {},
