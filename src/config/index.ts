@@ -8,7 +8,7 @@ export { ConfigError } from './error.ts';
 export { exposedKeyWarning, readKeyFile, readTlsFiles, type TlsFiles } from './key-files.ts';
 export { profileSchema, providerSchema } from './schema.ts';
 
-export type { Config, ListenerConfig, EgressConfig, RouteConfig, ClientUser, RedisSettings, Profile, Requirements } from './schema.ts';
+export type { AbuseConfig, Config, ListenerConfig, EgressConfig, RouteConfig, ClientUser, RedisSettings, Profile, Requirements } from './schema.ts';
 
 function keyPath(path: ReadonlyArray<PropertyKey>): string {
   let out = '';

@@ -267,6 +267,40 @@ const sendingDomain = z.strictObject({
   bulk: z.union([z.boolean(), z.array(z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an address (user@domain)'))]).optional(),
 });
 
+/** Recipients per window; false: that window is not limited. */
+const perWindow = z.union([z.number().int().positive(), z.literal(false)]);
+
+// A busy office user sends a few dozen messages a day and now and then one to a hundred
+// recipients; a phished account sends thousands an hour. A client address is usually the
+// internal server sending for everyone, hence ten times as much (README, "Outbound rate limits").
+const sendingLimits = z.strictObject({
+  perMinute: perWindow.default(150),
+  perHour: perWindow.default(500),
+  perDay: perWindow.default(2000),
+});
+const addressLimits = z.strictObject({
+  perMinute: perWindow.default(1500),
+  perHour: perWindow.default(5000),
+  perDay: perWindow.default(20000),
+});
+
+const overrideWindows = {
+  perMinute: perWindow.optional(),
+  perHour: perWindow.optional(),
+  perDay: perWindow.optional(),
+};
+
+const sendingOverride = z.union(
+  [
+    z.strictObject({ user: z.string().min(1), ...overrideWindows }),
+    /** A client address or CIDR network. */
+    z.strictObject({ address: cidr, ...overrideWindows }),
+    /** The envelope sender's domain (subdomains are not included). */
+    z.strictObject({ domain, ...overrideWindows }),
+  ],
+  { error: 'must name exactly one of user, address (an address or CIDR network) or domain, with perMinute, perHour and/or perDay' },
+);
+
 export const configSchema = z.strictObject({
   listeners: z.array(listener).min(1).prefault([{}]),
   tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).optional(),
@@ -299,7 +333,7 @@ export const configSchema = z.strictObject({
           block: duration.prefault('15m'),
         })
         .prefault({}),
-      /** AUTH failure counts shared by every replica; per process when absent. */
+      /** AUTH failure counts and the sending limits (abuse), shared by every replica; per process when absent. */
       redis: redisSettings.optional(),
     })
     .prefault({}),
@@ -311,6 +345,20 @@ export const configSchema = z.strictObject({
         .default([])
         .transform((entries) => entries.map((entry) => (typeof entry === 'string' ? { network: entry, senderDomains: undefined } : entry))),
       users: z.array(user).default([]),
+    })
+    .prefault({}),
+  /**
+   * Outbound abuse guard (src/abuse/): recipients each sender may send per minute, hour and
+   * day, counted per authenticated user, per client address and per envelope sender.
+   */
+  abuse: z
+    .strictObject({
+      /** What each authenticated user and each envelope sender may send, unless an override says otherwise. */
+      limits: sendingLimits.prefault({}),
+      /** What each client address may send: an internal server's carries everyone's mail. */
+      addressLimits: addressLimits.prefault({}),
+      /** The first matching entry of each kind (user, address, domain) replaces the windows it names. */
+      overrides: z.array(sendingOverride).default([]),
     })
     .prefault({}),
   egress: z.array(egress).min(1),
@@ -469,6 +517,7 @@ export type ListenerConfig = Config['listeners'][number];
 export type EgressConfig = Config['egress'][number];
 export type RouteConfig = Config['delivery']['routes'][number];
 export type ClientUser = Config['clients']['users'][number];
+export type AbuseConfig = Config['abuse'];
 export type RedisSettings = NonNullable<Config['memo']['redis']>;
 export type Profile = z.output<typeof profileSchema>;
 export type Requirements = Profile['all'];

@@ -1,20 +1,13 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import type { RateLimiterAbstract, RateLimiterRes } from 'rate-limiter-flexible';
 import type { Config } from '../config/index.ts';
 import type { Logger } from '../observability/index.ts';
-import { connectShared, type SharedStore } from '../redis/index.ts';
+import { connectShared, count, sharedLimiter, type LimiterOptions, type SharedStore } from '../redis/index.ts';
 
 const PREFIX = 'hygiene-relay:auth:v1:';
 /** The first failure waits this long before its 535, each further one twice as long, up to MAX_DELAY_MS. */
 const FIRST_DELAY_MS = 250;
 const MAX_DELAY_MS = 8000;
-
-/** A limiter's settings, as both rate-limiter-flexible's in-process and its cluster limiters take them. */
-export interface LimiterOptions {
-  points: number;
-  duration: number;
-  keyPrefix: string;
-}
 
 /**
  * Failed AUTH attempts counted across connections, per client address and per user name
@@ -43,8 +36,7 @@ export class AuthLimits {
 
   #limiter(kind: string, points: number, local: (options: LimiterOptions) => RateLimiterAbstract): RateLimiterAbstract {
     const options = { points, duration: Math.ceil(this.#settings.window / 1000), keyPrefix: `${PREFIX}${kind}` };
-    if (!this.#shared) return local(options);
-    return new RateLimiterRedis({ ...options, storeClient: this.#shared.client, insuranceLimiter: new RateLimiterMemory(options), rejectIfRedisNotReady: true });
+    return sharedLimiter(this.#shared, options, local);
   }
 
   get ready(): Promise<void> {
@@ -83,12 +75,7 @@ export class AuthLimits {
   }
 
   async #count(limiter: RateLimiterAbstract, key: string): Promise<number> {
-    try {
-      return (await limiter.consume(key)).consumedPoints;
-    } catch (res) {
-      if (!(res instanceof RateLimiterRes)) throw res;
-      return res.consumedPoints;
-    }
+    return (await count(limiter, key)).consumedPoints;
   }
 
   close(): void {

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import net from 'node:net';
+import type net from 'node:net';
 import type { Config, ClientUser } from '../config/index.ts';
-import { canonicalAddress } from '../ip/index.ts';
+import { inList, networkList } from '../ip/index.ts';
 import { verifyPassword } from './passwords.ts';
 
 /**
@@ -23,12 +23,7 @@ export class ClientAuthorization {
 
   constructor(clients: Config['clients']) {
     for (const entry of clients.networks) {
-      const [address, bits] = entry.network.split('/');
-      const family = net.isIPv4(address) ? 'ipv4' : 'ipv6';
-      const list = new net.BlockList();
-      if (bits === undefined) list.addAddress(address, family);
-      else list.addSubnet(address, Number(bits), family);
-      this.#networks.push({ list, senderDomains: entry.senderDomains });
+      this.#networks.push({ list: networkList(entry.network), senderDomains: entry.senderDomains });
     }
     for (const user of clients.users) this.#users.set(user.name, user);
   }
@@ -43,10 +38,7 @@ export class ClientAuthorization {
       const user = this.#users.get(userName);
       return user ? { user: user.name, senderDomains: user.senderDomains } : undefined;
     }
-    // IPv4 peers of a dual-stack listener can appear as `::ffff:10.0.0.5`: they are IPv4 clients.
-    const plain = canonicalAddress(address) ?? address;
-    const family = net.isIPv4(plain) ? 'ipv4' : 'ipv6';
-    const network = this.#networks.find((entry) => entry.list.check(plain, family));
+    const network = this.#networks.find((entry) => inList(entry.list, address));
     return network ? { senderDomains: network.senderDomains } : undefined;
   }
 

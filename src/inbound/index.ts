@@ -7,16 +7,18 @@ import { readTlsFiles, type Config, type ListenerConfig } from '../config/index.
 import type { EgressPool } from '../identity/index.ts';
 import { Counter, Gauge, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 import type { SpfVerdict } from '../auth/index.ts';
+import { SendingLimits } from '../abuse/index.ts';
 import { RefusalLog, Transaction, senderDomainAllowed, type PolicyReason, type RelayContext } from '../proxy/index.ts';
 import { failure, toSmtpError, type Outcome } from '../smtp/index.ts';
 import { ClientAuthorization } from './authorization.ts';
-import { AuthLimits, type LimiterOptions } from './auth-limits.ts';
+import { AuthLimits } from './auth-limits.ts';
+import type { LimiterOptions } from '../redis/index.ts';
 import { ConnectionSlots, connectionCeiling, type Slots } from './slots.ts';
 import { adoptListener, drainListener, endSessionById, type Drained } from './smtp-server-fixes.ts';
 
 export { hashPassword, verifyPassword } from './passwords.ts';
 export { ConnectionSlots, type Slots } from './slots.ts';
-export type { LimiterOptions } from './auth-limits.ts';
+export type { LimiterOptions } from '../redis/index.ts';
 export type { Drained } from './smtp-server-fixes.ts';
 
 /**
@@ -132,6 +134,7 @@ export class Inbound {
   /** Strangers' sessions that must authenticate before their timer fires. */
   #strangerTimers = new Map<string, NodeJS.Timeout>();
   #authLimits: AuthLimits;
+  #sendingLimits: SendingLimits;
   #state: InboundState;
   #draining = false;
   /** Messages being delivered: a drain waits for those of sessions it cut, so the memo records what arrived. */
@@ -145,11 +148,12 @@ export class Inbound {
     this.#clients = new ClientAuthorization(ctx.config.clients);
     this.#refusals = new RefusalLog(ctx.logger.child({ component: 'inbound' }));
     this.#authLimits = new AuthLimits(ctx.config.limits, this.#logger, state.limiter);
+    this.#sendingLimits = new SendingLimits(ctx.config.abuse, ctx.config.limits, this.#logger, state.limiter);
   }
 
-  /** Settles once the shared AUTH failure counts connected, or failed to. */
-  ready(): Promise<void> {
-    return this.#authLimits.ready;
+  /** Settles once the shared AUTH failure counts and sending limits connected, or failed to. */
+  async ready(): Promise<void> {
+    await Promise.all([this.#authLimits.ready, this.#sendingLimits.ready]);
   }
 
   /** New transactions use the new context (config, keys, clients); those in flight keep theirs. */
@@ -242,6 +246,7 @@ export class Inbound {
     this.#servers = [];
     this.#refusals.close();
     this.#authLimits.close();
+    this.#sendingLimits.close();
     return { idle: drained.reduce((sum, d) => sum + d.idle, 0), cut: drained.reduce((sum, d) => sum + d.cut, 0) };
   }
 
@@ -489,6 +494,8 @@ export class Inbound {
       return { outcome: failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`) };
     }
     if (!recipient.includes('@')) return { outcome: failure('permanent', 550, '5.1.3', 'recipient must be a full address (user@domain)') };
+    const over = await this.#sendingLimits.recipient({ user: session.user ? String(session.user) : undefined, address: session.remoteAddress, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '' });
+    if (over) return { outcome: over };
     return { outcome: await transaction.addRecipient(recipient), transaction };
   }
 }

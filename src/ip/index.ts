@@ -41,3 +41,20 @@ export function reverseName(ip: string): string {
   const nibbles = pieces(address).map((piece) => piece.toString(16).padStart(4, '0')).join('');
   return `${[...nibbles].reverse().join('.')}.ip6.arpa`;
 }
+
+/** An address or CIDR network, as the config writes them, as a list `check` can ask about. */
+export function networkList(network: string): net.BlockList {
+  const [address, bits] = network.split('/');
+  const family = net.isIPv4(address) ? 'ipv4' : 'ipv6';
+  const list = new net.BlockList();
+  if (bits === undefined) list.addAddress(address, family);
+  else list.addSubnet(address, Number(bits), family);
+  return list;
+}
+
+/** Whether `address` (any text form, IPv4-mapped included) is in `list`. */
+export function inList(list: net.BlockList, address: string): boolean {
+  // IPv4 peers of a dual-stack listener can appear as `::ffff:10.0.0.5`: they are IPv4 clients.
+  const plain = canonicalAddress(address) ?? address;
+  return list.check(plain, net.isIPv4(plain) ? 'ipv4' : 'ipv6');
+}

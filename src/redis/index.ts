@@ -1,4 +1,5 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { RedisSettings } from '../config/index.ts';
 import { Gauge, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 
@@ -110,4 +111,31 @@ export function connectShared(settings: RedisSettings, options: { timeout: numbe
   };
   open.add(store);
   return store;
+}
+
+/** A limiter's settings, as both rate-limiter-flexible's in-process and its cluster limiters take them. */
+export interface LimiterOptions {
+  points: number;
+  duration: number;
+  keyPrefix: string;
+}
+
+/**
+ * A counter in `shared` when there is one: while Redis is away each process counts alone
+ * (rate-limiter-flexible's insurance limiter). Without it, `local`'s (this process's, or in
+ * a worker its supervisor's).
+ */
+export function sharedLimiter(shared: SharedStore | undefined, options: LimiterOptions, local: (options: LimiterOptions) => RateLimiterAbstract): RateLimiterAbstract {
+  if (!shared) return local(options);
+  return new RateLimiterRedis({ ...options, storeClient: shared.client, insuranceLimiter: new RateLimiterMemory(options), rejectIfRedisNotReady: true });
+}
+
+/** Consumes `points` and answers the count either way: over its points, the limiter rejects with the same answer. */
+export async function count(limiter: RateLimiterAbstract, key: string, points = 1, options?: { customDuration: number }): Promise<RateLimiterRes> {
+  try {
+    return await limiter.consume(key, points, options);
+  } catch (res) {
+    if (!(res instanceof RateLimiterRes)) throw res;
+    return res;
+  }
 }
