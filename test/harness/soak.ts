@@ -14,6 +14,9 @@ import { CORP, freePort, Internet, type DestinationSpec } from './world.ts';
  * restarted; at the end every recipient's copies and status notifications are counted
  * against what the clients were told (`check`).
  */
+/** The soak's clients send thousands of messages a minute as a few senders: the outbound abuse guard would (rightly) stop them. */
+const UNLIMITED = { limits: { perMinute: false, perHour: false, perDay: false }, addressLimits: { perMinute: false, perHour: false, perDay: false } };
+
 export interface SoakOptions {
   messages: number;
   /** Internal servers sending at once, each one message at a time. */
@@ -268,7 +271,7 @@ export async function soak(options: SoakOptions): Promise<SoakReport> {
   // Fixed ports: a restarted relay listens where its clients (and the load balancer) expect it.
   const ports = await Promise.all(Array.from({ length: options.relays }, () => freePort()));
   const config = (port: number) =>
-    internet.relayConfig({ listeners: [{ host: '127.0.0.1', port }], memo: { redis: redis.url }, control: { socket: null }, http: null });
+    internet.relayConfig({ listeners: [{ host: '127.0.0.1', port }], memo: { redis: redis.url }, control: { socket: null }, http: null, abuse: UNLIMITED });
   const startRelay = (i: number) => RelayProcess.start(path.join(dir, `relay-${i}.yaml`), config(ports[i]));
   const relays = await Promise.all(ports.map((_, i) => startRelay(i)));
   // Every process started, restarted ones included, for the evidence of a failed run.
