@@ -126,7 +126,7 @@ export interface RelayStart {
   config?: Record<string, Record<string, unknown>>;
 }
 
-const UNLIMITED = { perMinute: false, perHour: false, perDay: false };
+const UNLIMITED = { perMinute: false, perHour: false, perDay: false, messages: { perMinute: false, perHour: false, perDay: false } };
 
 export async function startRelay(dir: string, variant: RelayVariant, workers: number | 'auto', dns: DnsServer, keys: Keys, sink: Sink, how: RelayStart = {}): Promise<System> {
   const port = await freePort();
@@ -159,7 +159,7 @@ export async function startRelay(dir: string, variant: RelayVariant, workers: nu
   };
   // The bench is one sender sending thousands a minute: exactly what the outbound abuse guard
   // stops. Off for the measurement (a tree from before the guard has no such key).
-  if (!how.root) config.abuse = { limits: UNLIMITED, addressLimits: UNLIMITED };
+  if (!how.root) config.abuse = { limits: UNLIMITED, addressLimits: UNLIMITED, anomaly: false };
   for (const [section, settings] of Object.entries(how.config ?? {})) config[section] = { ...(config[section] as Record<string, unknown> | undefined), ...settings };
   const file = path.join(dir, `relay-${variant}.yaml`);
   const logFile = path.join(dir, `relay-${variant}.log`);

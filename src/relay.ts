@@ -1,6 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import { KeyRing, startRsaSigner } from './auth/index.ts';
 import type { Config } from './config/index.ts';
+import type { HoldsControl } from './control/index.ts';
 import { MtaSts, Playbook, Providers, ShapingState, SharedPolicyCache, UpstreamPool, type Shaper } from './delivery/index.ts';
 import { createResolver, type CacheCount, type FlushCount } from './dns/index.ts';
 import { runDoctor, type DoctorReport } from './doctor/index.ts';
@@ -26,6 +27,8 @@ export interface Relay {
   doctor(): Promise<DoctorReport>;
   /** Drops every cached DNS answer (`hygiene-relay dns flush`, and each reload). */
   flushDns(): Promise<FlushCount>;
+  /** The abuse guard's holds (`hygiene-relay abuse list | release`). */
+  abuse: HoldsControl;
   /**
    * Applies a new configuration to transactions that start from now on: DKIM keys, domains,
    * clients, routes, delivery settings, the provider registry and the playbook (its overlay
@@ -155,6 +158,7 @@ export async function startRelay(config: Config, logger: Logger, options: RelayO
     egress,
     dnsCounts: () => resolver.counts(),
     flushDns: () => resolver.flush(),
+    abuse: inbound.abuse,
     doctor: () => runDoctor(ctx.config, resolver.fresh, ctx.keys),
     reload(next) {
       const nextKeys = loadKeys(next, logger);

@@ -13,8 +13,8 @@ import { Internet, message, World } from './harness/world.ts';
 
 const plain = (user: string, password: string) => `AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`;
 
-/** The limits of both cases: generous defaults, and 100 recipients an hour for the user `mailer`. */
-const abuse = { limits: { perMinute: 1000, perHour: 1000, perDay: 1000 }, overrides: [{ user: 'mailer', perHour: 100 }] };
+/** The limits of both cases: generous defaults, messages not limited, and 100 recipients an hour for the user `mailer`. */
+const abuse = { limits: { perMinute: 1000, perHour: 1000, perDay: 1000, messages: { perMinute: false, perHour: false, perDay: false } }, overrides: [{ user: 'mailer', perHour: 100 }] };
 
 /**
  * `count` messages of one recipient each as the user `mailer` on one connection, as fast as
@@ -58,8 +58,8 @@ describe('sending limits in the config', () => {
   const base = { egress: [{ ip: '203.0.113.10' }] };
   it('defaults for office mail, overrides of exactly one kind each, false for an unlimited window', () => {
     const { abuse } = parseConfig({ ...base, abuse: { overrides: [{ domain: 'Marketing.Example.COM', perDay: 10000 }, { address: '10.0.5.0/24', perMinute: false }] } });
-    assert.deepEqual(abuse.limits, { perMinute: 150, perHour: 500, perDay: 2000 });
-    assert.deepEqual(abuse.addressLimits, { perMinute: 1500, perHour: 5000, perDay: 20000 });
+    assert.deepEqual(abuse.limits, { perMinute: 150, perHour: 500, perDay: 2000, messages: { perMinute: 60, perHour: 300, perDay: 1000 } });
+    assert.deepEqual(abuse.addressLimits, { perMinute: 1500, perHour: 5000, perDay: 20000, messages: { perMinute: 600, perHour: 3000, perDay: 10000 } });
     assert.deepEqual(abuse.overrides, [{ domain: 'marketing.example.com', perDay: 10000 }, { address: '10.0.5.0/24', perMinute: false }]);
     assert.throws(() => parseConfig({ ...base, abuse: { overrides: [{ user: 'a', address: '10.0.0.1', perHour: 5 }] } }), /abuse\.overrides\[0\]: must name exactly one of user, address/);
     assert.throws(() => parseConfig({ ...base, abuse: { overrides: [{ address: '10.0.0.0/33' }] } }), /abuse\.overrides\[0\]/);
@@ -88,9 +88,10 @@ describe('sending limits: a user over its recipients per hour', () => {
       const episodes = world.logs.records.filter((r) => r.msg === 'abuse');
       assert.equal(episodes.length, 1, JSON.stringify(episodes));
       assert.equal(episodes[0].user, 'mailer');
-      assert.deepEqual((episodes[0].over as { counted: string; limit: number; recipients: number }[]).map((o) => [o.counted, o.limit, o.recipients]), [['user', 100, 101]]);
+      assert.equal(episodes[0].reason, 'limit');
+      assert.deepEqual((episodes[0].over as { counted: string; unit: string; limit: number; count: number }[]).map((o) => [o.counted, o.unit, o.limit, o.count]), [['user', 'recipients', 100, 101]]);
       const metric = await register.getSingleMetric('hygiene_relay_abuse_limited_total')!.get();
-      assert.deepEqual(metric.values.map((v) => [v.labels, v.value]), [[{ kind: 'user', window: 'hour' }, 400]]);
+      assert.deepEqual(metric.values.map((v) => [v.labels, v.value]), [[{ kind: 'user', window: 'hour', unit: 'recipients' }, 400]]);
     } finally {
       await world.close();
     }

@@ -331,7 +331,7 @@ describe('the relay with its DNS cache', () => {
         // Each message goes to a domain of its own, so each needs a lookup past the in-process level.
         for (const domain of domains) internet.dns.add(domain, { type: 'MX', data: { preference: 10, exchange: 'mx.gmail.test' } });
         // 200 messages from one sender within a minute: over the abuse guard's default, which is not what this tests.
-        return { dns: internet.dnsSettings({ redis: redis.url }), abuse: { limits: { perMinute: false } } };
+        return { dns: internet.dnsSettings({ redis: redis.url }), abuse: { limits: { perMinute: false, messages: { perMinute: false } } } };
       },
     });
     const shared = new Redis(redis.port, '127.0.0.1', { lazyConnect: true });

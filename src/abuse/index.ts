@@ -1,157 +1,204 @@
 // The outbound abuse guard: one phished mailbox or infected host must not send thousands of
 // messages under the company's IPs before anyone notices (issue 17). Counted at RCPT, so the
 // client is told before a message exists, and its own server keeps what it could not send.
-import type net from 'node:net';
 import type { RateLimiterAbstract } from 'rate-limiter-flexible';
+import { LRUCache } from 'lru-cache';
 import type { AbuseConfig, Config } from '../config/index.ts';
 import { Counter, METRIC_PREFIX, type Logger } from '../observability/index.ts';
-import { canonicalAddress, inList, networkList } from '../ip/index.ts';
 import { connectShared, count, sharedLimiter, type LimiterOptions, type SharedStore } from '../redis/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
+import { anomaly, overFloor } from './anomaly.ts';
+import { keysOf, LONGEST_WINDOW, SendingLimits, type Over, type Sender } from './limits.ts';
+import { openAbuseStore, type AbuseStore, type Hold, type Kind } from './store.ts';
 
-const PREFIX = 'hygiene-relay:abuse:v1:';
-
-const WINDOWS = [
-  { name: 'minute', setting: 'perMinute', seconds: 60 },
-  { name: 'hour', setting: 'perHour', seconds: 3600 },
-  { name: 'day', setting: 'perDay', seconds: 86_400 },
-] as const;
-
-type Kind = 'user' | 'address' | 'sender';
-type Windows = AbuseConfig['limits'];
+export type { Sender } from './limits.ts';
+export type { Hold } from './store.ts';
+export { FileAbuseStore, RedisAbuseStore } from './store.ts';
+export { median, anomaly } from './anomaly.ts';
 
 const limited = new Counter({
   name: `${METRIC_PREFIX}abuse_limited_total`,
-  help: 'Recipients answered 451 4.7.1 because a sender is over a sending limit, by what was counted (user, address, sender) and the window (minute, hour, day)',
-  labelNames: ['kind', 'window'],
+  help: 'Recipients answered 451 4.7.1 because a sender is over a sending limit, by what was counted (user, address, sender), the window (minute, hour, day) and the unit (recipients, messages)',
+  labelNames: ['kind', 'window', 'unit'],
+});
+const flagged = new Counter({
+  name: `${METRIC_PREFIX}abuse_flagged_total`,
+  help: 'Abuse episodes (one abuse record each), by reason: limit (over a sending limit), anomaly (far over its own baseline), spam_refusals (refused as spam by two or more providers within an hour)',
+  labelNames: ['reason'],
+});
+const heldRecipients = new Counter({
+  name: `${METRIC_PREFIX}abuse_held_recipients_total`,
+  help: 'Recipients refused 550 5.7.1 because their sender is held (abuse.hold) until an admin releases it',
 });
 
-/** Who is sending, as the RCPT's session knows it. */
-export interface Sender {
-  /** The authenticated user, if the client authenticated. */
-  user?: string;
-  /** The client's address. */
-  address: string;
-  /** The envelope sender (MAIL FROM), empty for a bounce. */
-  sender: string;
+type Reason = 'limit' | 'anomaly' | 'spam_refusals';
+
+/** A refusal by a destination that the playbook put in the reputation or content category. */
+export interface SpamRefusal {
+  /** The provider's name in the registry, or the recipient domain for a destination it does not know. */
+  provider: string;
+  recipient: string;
 }
 
-interface Over {
-  kind: Kind;
-  who: string;
-  window: string;
-  limit: number;
-  recipients: number;
-  freesInMs: number;
+// How often one sender's last hour is compared with its baseline while it stays over the
+// floor: reading a week of history for every recipient would make the rule the bottleneck.
+const ANOMALY_RECHECK_MS = 60_000;
+
+const at = (ms: number) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
+const named = (kind: Kind, who: string) => (kind === 'user' ? `user ${who}` : kind === 'address' ? `client ${who}` : `sender <${who}>`);
+
+/** What the anomaly rule and the providers' feedback judge: the mailbox, its AUTH user or else its envelope sender. */
+function principalOf(from: Sender): [Kind, string] | undefined {
+  if (from.user !== undefined) return ['user', from.user];
+  return from.sender === '' ? undefined : ['sender', from.sender.toLowerCase()];
 }
 
 /**
- * Recipients per authenticated user, per client address and per envelope sender, in fixed
- * windows of a minute, an hour and a day. Every recipient the client asks for counts, those
- * refused for being over included: a sender that keeps trying stays over until the window
- * ends, and it ends when the first recipient of the window is that old. Counts go through
- * Redis when `limits.redis` is set, so replicas share them; without it they are this
- * process's or, in a worker, its supervisor's (`local`), as the AUTH failure counts are.
+ * Sending limits, holds, the anomaly rule and the providers' feedback, for every RCPT.
+ * Holds and history live in the AbuseStore (Redis with `limits.redis`, else the state file
+ * beside the delivery memo), so every replica, worker and restart sees the same.
  */
-export class SendingLimits {
-  #config!: AbuseConfig;
+export class AbuseGuard {
+  #config: AbuseConfig;
   #logger: Logger;
   #shared?: SharedStore;
-  #limiters = new Map<string, RateLimiterAbstract>();
-  /** One per sender while it is over: the first recipient refused writes the episode's record. */
+  #limits: SendingLimits;
+  #store: AbuseStore;
+  /** One per sender and reason while an episode lasts: the first refusal or flag writes the record. */
   #episodes: RateLimiterAbstract;
-  #networks!: { list: net.BlockList; windows: Partial<Windows> }[];
+  #checked = new LRUCache<string, number>({ max: 10_000 });
 
-  constructor(config: AbuseConfig, limits: Config['limits'], logger: Logger, local: (options: LimiterOptions) => RateLimiterAbstract) {
+  constructor(config: Config, defaultStatePath: string, logger: Logger, local: (options: LimiterOptions) => RateLimiterAbstract) {
+    this.#config = config.abuse;
     this.#logger = logger.child({ component: 'abuse' });
-    this.#shared = limits.redis ? connectShared(limits.redis, { timeout: 250, what: 'sending limits', logger }) : undefined;
-    // Points are never what decides: each key has its own limit, compared with the count here.
-    const limiter = (keyPrefix: string, duration: number) => sharedLimiter(this.#shared, { points: Number.MAX_SAFE_INTEGER, duration, keyPrefix: `${PREFIX}${keyPrefix}` }, local);
-    for (const kind of ['user', 'address', 'sender'] as const) {
-      for (const window of WINDOWS) this.#limiters.set(`${kind}:${window.name}`, limiter(`${kind}:${window.name}`, window.seconds));
-    }
-    this.#episodes = limiter('episode', WINDOWS[WINDOWS.length - 1].seconds);
-    this.configure(config);
+    this.#shared = config.limits.redis ? connectShared(config.limits.redis, { timeout: 250, what: 'sending limits', logger }) : undefined;
+    this.#limits = new SendingLimits(config.abuse, this.#shared, local);
+    this.#episodes = sharedLimiter(this.#shared, { points: Number.MAX_SAFE_INTEGER, duration: LONGEST_WINDOW, keyPrefix: 'hygiene-relay:abuse:v1:episode' }, local);
+    this.#store = openAbuseStore(config, this.#shared, defaultStatePath, logger);
   }
 
-  /** New limits and overrides (a reload); the counts stay. */
+  /** New limits, overrides, hold and rule (a reload); the counts, holds and history stay. */
   configure(config: AbuseConfig): void {
     this.#config = config;
-    this.#networks = config.overrides.flatMap((entry) => ('address' in entry ? [{ list: networkList(entry.address), windows: entry }] : []));
+    this.#limits.configure(config);
   }
 
   get ready(): Promise<void> {
-    return this.#shared?.ready ?? Promise.resolve();
-  }
-
-  /** The windows that apply to one key: the defaults of its kind, replaced by the first override that matches it. */
-  #windows(kind: Kind, key: string): Windows {
-    const defaults = kind === 'address' ? this.#config.addressLimits : this.#config.limits;
-    const override =
-      kind === 'address'
-        ? this.#networks.find((entry) => inList(entry.list, key))?.windows
-        : kind === 'user'
-          ? this.#config.overrides.find((entry) => 'user' in entry && entry.user === key)
-          : this.#config.overrides.find((entry) => 'domain' in entry && entry.domain === key.slice(key.lastIndexOf('@') + 1).toLowerCase());
-    return {
-      perMinute: override?.perMinute ?? defaults.perMinute,
-      perHour: override?.perHour ?? defaults.perHour,
-      perDay: override?.perDay ?? defaults.perDay,
-    };
+    return this.#store.ready;
   }
 
   /**
-   * Counts one recipient for each of the sender's keys; undefined when it may go, else the
-   * 451 4.7.1 naming the first limit it is over and when that frees.
+   * One RCPT TO `recipient` from `from` (`message`: the transaction's first): undefined when
+   * it may go, else the reply. Held → 550 5.7.1; over a limit → 451 4.7.1 naming the limit
+   * and when it frees (550 and a hold under abuse.hold, for a user or an envelope sender).
    */
-  async recipient(from: Sender): Promise<Outcome | undefined> {
-    const keys: [Kind, string][] = [['address', canonicalAddress(from.address) ?? from.address]];
-    if (from.user !== undefined) keys.unshift(['user', from.user]);
-    if (from.sender !== '') keys.push(['sender', from.sender.toLowerCase()]);
-    const counted = await Promise.all(
-      keys.flatMap(([kind, who]) => {
-        const windows = this.#windows(kind, who);
-        return WINDOWS.map(async (window): Promise<Over | undefined> => {
-          const limit = windows[window.setting];
-          if (limit === false) return undefined;
-          const res = await count(this.#limiters.get(`${kind}:${window.name}`)!, who);
-          return res.consumedPoints > limit ? { kind, who, window: window.name, limit, recipients: res.consumedPoints, freesInMs: res.msBeforeNext } : undefined;
-        });
-      }),
-    );
-    const over = counted.filter((o) => o !== undefined);
-    if (!over.length) return undefined;
-    for (const o of over) limited.inc({ kind: o.kind, window: o.window });
-    await this.#episode(from, over);
+  async recipient(from: Sender, recipient: string, message: boolean): Promise<Outcome | undefined> {
+    const principal = principalOf(from);
+    const holdKeys = keysOf(from).filter(([kind]) => kind !== 'address');
+    const [hold, over] = await Promise.all([this.#store.heldOf(holdKeys), this.#limits.count(from, 1, message)]);
+    if (hold) return this.#heldReply(hold);
+    if (over.length) return this.#over(from, over);
+    if (principal && this.#config.anomaly) return this.#judge(from, principal, recipient.slice(recipient.lastIndexOf('@') + 1).toLowerCase());
+    return undefined;
+  }
+
+  #heldReply(hold: Hold): Outcome {
+    heldRecipients.inc();
+    return failure('permanent', 550, '5.7.1', `${named(hold.kind, hold.who)} is held by the relay's abuse guard since ${at(hold.since)} (${hold.why}); ask the mail administrator to release it`);
+  }
+
+  async #over(from: Sender, over: Over[]): Promise<Outcome> {
+    for (const o of over) limited.inc({ kind: o.kind, window: o.window, unit: o.unit });
     const first = over[0];
-    const frees = new Date(Date.now() + first.freesInMs).toISOString().replace(/\.\d+Z$/, 'Z');
-    const who = first.kind === 'user' ? `user ${first.who}` : first.kind === 'address' ? `client ${first.who}` : `sender <${first.who}>`;
-    return failure('temporary', 451, '4.7.1', `${who} is over its limit of ${first.limit} recipients per ${first.window}; try again after ${frees} (in ${Math.ceil(first.freesInMs / 1000)} s)`);
+    // A client address is never held: it is usually the internal server sending for everyone.
+    const holdable = this.#config.hold ? over.find((o) => o.kind !== 'address') : undefined;
+    const fresh = await this.#episode('limit', `${first.kind}:${first.who}`, from, Math.max(...over.map((o) => o.freesInMs)), {
+      over: over.map((o) => ({ counted: o.kind, who: o.who, unit: o.unit, window: o.window, limit: o.limit, count: o.count, freesIn: `${Math.ceil(o.freesInMs / 1000)}s` })),
+      action: holdable ? `held: every recipient is refused 550 5.7.1 until \`hygiene-relay abuse release ${holdable.who}\`` : 'every further recipient is answered 451 4.7.1 until the limit frees',
+    });
+    if (holdable) {
+      // The episode's first refusal holds; the record above says so.
+      if (fresh) await this.#store.hold({ kind: holdable.kind, who: holdable.who, since: Date.now(), why: `over its limit of ${holdable.limit} ${holdable.unit} per ${holdable.window}` });
+      const held = await this.#store.heldOf([[holdable.kind, holdable.who]]);
+      if (held) return this.#heldReply(held);
+    }
+    return failure('temporary', 451, '4.7.1', `${named(first.kind, first.who)} is over its limit of ${first.limit} ${first.unit} per ${first.window}; try again after ${at(Date.now() + first.freesInMs)} (in ${Math.ceil(first.freesInMs / 1000)} s)`);
+  }
+
+  /** Adds the recipient to the sender's history; past the floor, compares its last hour with its baseline now and then. */
+  async #judge(from: Sender, principal: [Kind, string], domain: string): Promise<Outcome | undefined> {
+    const rule = this.#config.anomaly;
+    if (!rule) return undefined;
+    const key = principal.join(':');
+    const now = Date.now();
+    const lastHour = await this.#store.sent(key, domain, now);
+    if (!overFloor(lastHour, rule) || now - (this.#checked.get(key) ?? 0) < ANOMALY_RECHECK_MS) return undefined;
+    this.#checked.set(key, now);
+    const why = anomaly(lastHour, await this.#store.baseline(key, now), rule);
+    return why ? this.#flag('anomaly', from, principal, why) : undefined;
   }
 
   /**
-   * One record while a sender stays over (whichever replica or worker refused first): the
-   * episode lasts until the limit that ends last frees, then a new one may begin.
+   * A flag (anomaly, spam refusals): one record an hour per sender, which a release does not
+   * end, so a sender the admin released is not held again for the same hour; under
+   * abuse.hold the sender is held, and this recipient refused already.
    */
-  async #episode(from: Sender, over: Over[]): Promise<void> {
-    const principal = from.user !== undefined ? `user:${from.user}` : `address:${from.address}`;
+  async #flag(reason: Reason, from: Sender, [kind, who]: [Kind, string], why: string): Promise<Outcome | undefined> {
+    const hold = this.#config.hold;
+    const fresh = await this.#episode(reason, `${kind}:${who}`, from, 3_600_000, {
+      flagged: why,
+      action: hold ? `held: every recipient is refused 550 5.7.1 until \`hygiene-relay abuse release ${who}\`` : 'flagged only (abuse.hold is off): its mail still goes',
+    });
+    if (!hold || !fresh) return undefined;
+    await this.#store.hold({ kind, who, since: Date.now(), why });
+    const held = await this.#store.heldOf([[kind, who]]);
+    return held ? this.#heldReply(held) : undefined;
+  }
+
+  /** Whether this starts an episode of `reason` for `subject` (whichever replica or worker got there first), and then its record. */
+  async #episode(reason: Reason, subject: string, from: Sender, lastsMs: number, details: Record<string, unknown>): Promise<boolean> {
     // At least a second: a duration of 0 would never expire.
-    const lasts = Math.max(1, Math.ceil(Math.max(...over.map((o) => o.freesInMs)) / 1000));
-    const res = await count(this.#episodes, principal, 1, { customDuration: lasts });
-    if (res.consumedPoints !== 1) return;
-    this.#logger.warn(
-      {
-        user: from.user,
-        client: from.address,
-        sender: from.sender || undefined,
-        over: over.map((o) => ({ counted: o.kind, who: o.who, window: o.window, limit: o.limit, recipients: o.recipients, freesIn: `${Math.ceil(o.freesInMs / 1000)}s` })),
-        action: 'every further recipient is answered 451 4.7.1 until the limit frees',
-      },
-      'abuse',
-    );
+    const res = await count(this.#episodes, `${reason}:${subject}`, 1, { customDuration: Math.max(1, Math.ceil(lastsMs / 1000)) });
+    if (res.consumedPoints !== 1) return false;
+    flagged.inc({ reason });
+    this.#logger.warn({ reason, user: from.user, client: from.address, sender: from.sender || undefined, ...details }, 'abuse');
+    return true;
+  }
+
+  /**
+   * The destinations' refusals of one transaction the playbook calls reputation or content:
+   * each counts as one more recipient against the sender's limits (refused mail costs
+   * reputation twice), and a sender refused as spam by two providers within an hour is
+   * flagged (held under abuse.hold).
+   */
+  async refused(from: Sender, refusals: readonly SpamRefusal[]): Promise<void> {
+    if (!refusals.length) return;
+    await this.#limits.count(from, refusals.length, false);
+    const principal = principalOf(from);
+    if (!principal) return;
+    const now = Date.now();
+    let providers: string[] = [];
+    for (const provider of new Set(refusals.map((r) => r.provider))) providers = await this.#store.refusedAsSpam(principal.join(':'), provider, now);
+    if (providers.length >= 2) await this.#flag('spam_refusals', from, principal, `refused as spam by ${providers.join(', ')} within an hour`);
+  }
+
+  /** Every hold, oldest first (`hygiene-relay abuse list`). */
+  holds(): Promise<Hold[]> {
+    return this.#store.holds();
+  }
+
+  /** Releases `who` (a user, or an envelope sender), logging who was; resolves to the holds released. */
+  async release(who: string): Promise<Hold[]> {
+    const released = await this.#store.release(who);
+    // Released, it starts afresh: its counts go, and with them the limit episode, so a
+    // sender that goes over again is held again (the anomaly and spam flags last their hour).
+    await Promise.all([this.#limits.reset(who), ...released.map((hold) => this.#episodes.delete(`limit:${hold.kind}:${hold.who}`))]);
+    for (const hold of released) this.#logger.warn({ kind: hold.kind, who: hold.who, heldSince: at(hold.since), why: hold.why }, 'abuse released');
+    return released;
   }
 
   close(): void {
+    this.#store.close();
     this.#shared?.close();
   }
 }

@@ -1,6 +1,7 @@
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { DkimKeyError, KeyRing } from '../auth/index.ts';
 import { ConfigError, loadConfig, type Config } from '../config/index.ts';
+import { controlRequest } from '../control/index.ts';
 
 /** One line on stderr and the exit code: what an admin reads when a command cannot go on. */
 export function fail(message: string, code: number): never {
@@ -108,4 +109,23 @@ export function readKeys(config: Config): KeyRing {
     if (err instanceof DkimKeyError) fail(`config error: ${err.message}`, 2);
     throw err;
   }
+}
+
+/**
+ * Sends one command to the running relay through control.socket and resolves to its answer
+ * after `ok`; no socket, no relay, or an `error` answer is one line and an exit code.
+ * `otherwise`: how to reach the relay without the socket, if there is a way.
+ */
+export async function askRelay(config: Config, line: string, otherwise?: string): Promise<string> {
+  const socket = config.control.socket;
+  if (!socket) fail(`control.socket is null in the configuration: nothing to reach the relay through${otherwise ? ` (${otherwise})` : ''}`, 2);
+  let answer: string;
+  try {
+    answer = await controlRequest(socket, line);
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException;
+    fail(`cannot reach the relay at ${socket}: ${code ?? message} (is it running, with this configuration?)`, 1);
+  }
+  if (!answer.startsWith('ok ')) fail(`the relay answered: ${answer.replace(/^error /, '')}`, 1);
+  return answer.slice(3);
 }

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { abuse } from './abuse.ts';
 import { usageError, type Command } from './common.ts';
 import { config } from './config.ts';
 import { demo } from './demo.ts';
@@ -25,6 +26,8 @@ commands:
                           compare every configured key with the TXT record published for it
   dns flush [--config FILE]
                           make the running relay drop its cached DNS answers (control.socket)
+  abuse list | release SENDER [--config FILE]
+                          the senders the running relay holds; let one send again
   logs [FILE|-] [--follow] [--since 1h] [--grep TEXT] [--id RELAYID]
                           the JSON records (a file or stdin) as one line per transaction
   demo                    the whole relay path on a simulated internet, on loopback
@@ -56,6 +59,8 @@ export async function main(argv: string[]): Promise<void> {
       return dns(rest);
     case 'logs':
       return logs(rest);
+    case 'abuse':
+      return abuse(rest);
     case 'demo':
       return demo(rest);
     case undefined:

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { DkimKeyError } from '../auth/index.ts';
 import { ConfigError, loadConfig, type Config } from '../config/index.ts';
-import { ControlServer, flushAnswer } from '../control/index.ts';
+import { ControlServer, controlCommands } from '../control/index.ts';
 import { PlaybookError } from '../delivery/index.ts';
 import { logReport } from '../doctor/index.ts';
 import { IdentityError } from '../identity/index.ts';
@@ -64,13 +64,13 @@ export async function start(args: string[]): Promise<void> {
   let control: ControlServer | undefined;
   if (link) {
     // The supervisor asks for the checks (of one worker) and for reloads (after checking the file itself).
-    link.started(relay.ports, { readiness: () => relay.readiness(), flushDns: () => relay.flushDns(), doctor, reload });
+    link.started(relay.ports, { readiness: () => relay.readiness(), flushDns: () => relay.flushDns(), abuse: relay.abuse, doctor, reload });
     logger.info({ ports: relay.ports, pid: process.pid }, 'worker started');
     // A SIGHUP sent to the whole process group reaches the supervisor too, which forwards it once.
     process.on('SIGHUP', () => undefined);
   } else {
     // Listening before "relay started": from that record on, `dns flush` reaches this relay.
-    control = config.control.socket ? await ControlServer.listen(config.control.socket, { 'dns flush': async () => flushAnswer(await relay.flushDns()) }, logger) : undefined;
+    control = config.control.socket ? await ControlServer.listen(config.control.socket, controlCommands({ flushDns: () => relay.flushDns(), abuse: relay.abuse }), logger) : undefined;
     logger.info({ ports: relay.ports, httpPort: relay.httpPort, config: file }, 'relay started');
     void doctor();
     process.on('SIGHUP', () => {

@@ -267,27 +267,31 @@ const sendingDomain = z.strictObject({
   bulk: z.union([z.boolean(), z.array(z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an address (user@domain)'))]).optional(),
 });
 
-/** Recipients per window; false: that window is not limited. */
+/** Recipients (or messages) per window; false: that window is not limited. */
 const perWindow = z.union([z.number().int().positive(), z.literal(false)]);
 
 // A busy office user sends a few dozen messages a day and now and then one to a hundred
 // recipients; a phished account sends thousands an hour. A client address is usually the
 // internal server sending for everyone, hence ten times as much (README, "Outbound rate limits").
-const sendingLimits = z.strictObject({
-  perMinute: perWindow.default(150),
-  perHour: perWindow.default(500),
-  perDay: perWindow.default(2000),
-});
-const addressLimits = z.strictObject({
-  perMinute: perWindow.default(1500),
-  perHour: perWindow.default(5000),
-  perDay: perWindow.default(20000),
-});
+// Messages are limited apart from recipients: a person does not write a message a second,
+// a script sending one message per recipient does.
+const windows = (recipients: [number, number, number], messages: [number, number, number]) =>
+  z.strictObject({
+    perMinute: perWindow.default(recipients[0]),
+    perHour: perWindow.default(recipients[1]),
+    perDay: perWindow.default(recipients[2]),
+    messages: z
+      .strictObject({ perMinute: perWindow.default(messages[0]), perHour: perWindow.default(messages[1]), perDay: perWindow.default(messages[2]) })
+      .prefault({}),
+  });
+const sendingLimits = windows([150, 500, 2000], [60, 300, 1000]);
+const addressLimits = windows([1500, 5000, 20000], [600, 3000, 10000]);
 
 const overrideWindows = {
   perMinute: perWindow.optional(),
   perHour: perWindow.optional(),
   perDay: perWindow.optional(),
+  messages: z.strictObject({ perMinute: perWindow.optional(), perHour: perWindow.optional(), perDay: perWindow.optional() }).optional(),
 };
 
 const sendingOverride = z.union(
@@ -348,8 +352,9 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   /**
-   * Outbound abuse guard (src/abuse/): recipients each sender may send per minute, hour and
-   * day, counted per authenticated user, per client address and per envelope sender.
+   * Outbound abuse guard (src/abuse/): recipients and messages each sender may send per
+   * minute, hour and day, counted per authenticated user, per client address and per
+   * envelope sender; holds, the anomaly rule.
    */
   abuse: z
     .strictObject({
@@ -359,6 +364,25 @@ export const configSchema = z.strictObject({
       addressLimits: addressLimits.prefault({}),
       /** The first matching entry of each kind (user, address, domain) replaces the windows it names. */
       overrides: z.array(sendingOverride).default([]),
+      /**
+       * Hold a sender that goes over a limit, is anomalous or is refused as spam by two
+       * providers: every recipient is refused 550 5.7.1 until `hygiene-relay abuse release`.
+       */
+      hold: z.boolean().default(false),
+      /**
+       * A sender whose last hour is over `factor` times the median of its active hours in
+       * the week before, and over the floor, is flagged (README, "Anomalies"); false: no rule.
+       */
+      anomaly: z
+        .union([
+          z.literal(false),
+          z.strictObject({
+            factor: z.number().min(1).default(10),
+            minRecipients: z.number().int().positive().default(200),
+            minDomains: z.number().int().positive().default(50),
+          }),
+        ])
+        .prefault({}),
     })
     .prefault({}),
   egress: z.array(egress).min(1),

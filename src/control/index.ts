@@ -1,5 +1,6 @@
 import { chmodSync, unlinkSync, lstatSync } from 'node:fs';
 import net from 'node:net';
+import type { Hold } from '../abuse/index.ts';
 import type { FlushCount } from '../dns/index.ts';
 import type { Logger } from '../observability/index.ts';
 
@@ -15,8 +16,31 @@ export function flushAnswer(dropped: FlushCount): string {
   return `DNS cache flushed: ${dropped.memory} in-process answers${shared}`;
 }
 
-/** Command line → what it does, resolving to the text after `ok`. */
-export type ControlCommands = Record<string, () => Promise<string>>;
+/** The abuse guard's holds, as the control socket reaches them. */
+export interface HoldsControl {
+  holds(): Promise<Hold[]>;
+  release(who: string): Promise<Hold[]>;
+}
+
+/** One relay's (or one supervisor's, for all its workers) commands on the control socket. */
+export function controlCommands(services: { flushDns(): Promise<FlushCount>; abuse: HoldsControl }): ControlCommands {
+  const none = (name: string, run: () => Promise<string>) => async (args: string[]) => {
+    if (args.length) throw new Error(`${name} takes no arguments`);
+    return run();
+  };
+  return {
+    'dns flush': none('dns flush', async () => flushAnswer(await services.flushDns())),
+    // JSON on the one line: the CLI lays it out.
+    'abuse list': none('abuse list', async () => JSON.stringify(await services.abuse.holds())),
+    'abuse release': async (args) => {
+      if (args.length !== 1) throw new Error('abuse release takes one sender (a user name or an address)');
+      return JSON.stringify(await services.abuse.release(args[0]));
+    },
+  };
+}
+
+/** Command name (one or more words) → what it does with the words after it, resolving to the text after `ok`. */
+export type ControlCommands = Record<string, (args: string[]) => Promise<string>>;
 
 // Commands are a few words: a longer line is no command of ours, and is not buffered further.
 const MAX_LINE = 1024;
@@ -24,9 +48,13 @@ const MAX_LINE = 1024;
 const IDLE_TIMEOUT = 10_000;
 
 function answerTo(line: string, commands: ControlCommands): Promise<string> {
-  const command = commands[line];
-  if (!command) return Promise.resolve(`error unknown command "${line}" (known: ${Object.keys(commands).join(', ')})`);
-  return command().then(
+  const words = line.split(/\s+/);
+  // The longest name the line begins with: `abuse release alice` is `abuse release` given `alice`.
+  const name = Object.keys(commands)
+    .filter((known) => words.slice(0, known.split(' ').length).join(' ') === known)
+    .sort((a, b) => b.length - a.length)[0];
+  if (name === undefined) return Promise.resolve(`error unknown command "${line}" (known: ${Object.keys(commands).join(', ')})`);
+  return commands[name](words.slice(name.split(' ').length)).then(
     (text) => `ok ${text}`,
     (err: unknown) => `error ${err instanceof Error ? err.message : String(err)}`,
   );

@@ -7,8 +7,8 @@ import { readTlsFiles, type Config, type ListenerConfig } from '../config/index.
 import type { EgressPool } from '../identity/index.ts';
 import { Counter, Gauge, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 import type { SpfVerdict } from '../auth/index.ts';
-import { SendingLimits } from '../abuse/index.ts';
-import { RefusalLog, Transaction, senderDomainAllowed, type PolicyReason, type RelayContext } from '../proxy/index.ts';
+import { AbuseGuard, type Sender } from '../abuse/index.ts';
+import { DEFAULT_MEMO_PATH, RefusalLog, Transaction, senderDomainAllowed, type PolicyReason, type RelayContext } from '../proxy/index.ts';
 import { failure, toSmtpError, type Outcome } from '../smtp/index.ts';
 import { ClientAuthorization } from './authorization.ts';
 import { AuthLimits } from './auth-limits.ts';
@@ -29,6 +29,11 @@ export interface InboundState {
   /** The slots of the listener at `index` in `listeners`. */
   slots(index: number, limits: Config['limits']): Slots;
   limiter(options: LimiterOptions): RateLimiterAbstract;
+}
+
+/** Who sends, as the abuse guard counts it. */
+function senderOf(session: SMTPServerSession): Sender {
+  return { user: session.user ? String(session.user) : undefined, address: session.remoteAddress, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '' };
 }
 
 const IN_PROCESS: InboundState = { slots: (_, limits) => new ConnectionSlots(limits), limiter: (options) => new RateLimiterMemory(options) };
@@ -134,7 +139,9 @@ export class Inbound {
   /** Strangers' sessions that must authenticate before their timer fires. */
   #strangerTimers = new Map<string, NodeJS.Timeout>();
   #authLimits: AuthLimits;
-  #sendingLimits: SendingLimits;
+  #abuse: AbuseGuard;
+  /** Transactions whose first RCPT was counted as a message by the sending limits. */
+  #counted = new WeakSet<Transaction>();
   #state: InboundState;
   #draining = false;
   /** Messages being delivered: a drain waits for those of sessions it cut, so the memo records what arrived. */
@@ -148,18 +155,24 @@ export class Inbound {
     this.#clients = new ClientAuthorization(ctx.config.clients);
     this.#refusals = new RefusalLog(ctx.logger.child({ component: 'inbound' }));
     this.#authLimits = new AuthLimits(ctx.config.limits, this.#logger, state.limiter);
-    this.#sendingLimits = new SendingLimits(ctx.config.abuse, ctx.config.limits, this.#logger, state.limiter);
+    this.#abuse = new AbuseGuard(ctx.config, DEFAULT_MEMO_PATH, this.#logger, state.limiter);
   }
 
   /** Settles once the shared AUTH failure counts and sending limits connected, or failed to. */
   async ready(): Promise<void> {
-    await Promise.all([this.#authLimits.ready, this.#sendingLimits.ready]);
+    await Promise.all([this.#authLimits.ready, this.#abuse.ready]);
   }
 
   /** New transactions use the new context (config, keys, clients); those in flight keep theirs. */
   update(ctx: RelayContext): void {
     this.#ctx = ctx;
     this.#clients = new ClientAuthorization(ctx.config.clients);
+    this.#abuse.configure(ctx.config.abuse);
+  }
+
+  /** The abuse guard's holds, for `hygiene-relay abuse list | release`. */
+  get abuse(): Pick<AbuseGuard, 'holds' | 'release'> {
+    return this.#abuse;
   }
 
   get listening(): readonly Listening[] {
@@ -246,7 +259,7 @@ export class Inbound {
     this.#servers = [];
     this.#refusals.close();
     this.#authLimits.close();
-    this.#sendingLimits.close();
+    this.#abuse.close();
     return { idle: drained.reduce((sum, d) => sum + d.idle, 0), cut: drained.reduce((sum, d) => sum + d.cut, 0) };
   }
 
@@ -472,6 +485,8 @@ export class Inbound {
         requireTls: params.REQUIRETLS === true && sender !== '',
       },
       egress,
+      // Who sent, as at MAIL FROM: the session's envelope is the next transaction's by the time the destinations answered.
+      (refusals) => this.#abuse.refused({ ...senderOf(session), sender }, refusals),
     );
     const outcome = await transaction.checkSender();
     if (outcome.kind !== 'accepted') {
@@ -494,7 +509,9 @@ export class Inbound {
       return { outcome: failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`) };
     }
     if (!recipient.includes('@')) return { outcome: failure('permanent', 550, '5.1.3', 'recipient must be a full address (user@domain)') };
-    const over = await this.#sendingLimits.recipient({ user: session.user ? String(session.user) : undefined, address: session.remoteAddress, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '' });
+    const message = !this.#counted.has(transaction);
+    this.#counted.add(transaction);
+    const over = await this.#abuse.recipient(senderOf(session), recipient, message);
     if (over) return { outcome: over };
     return { outcome: await transaction.addRecipient(recipient), transaction };
   }

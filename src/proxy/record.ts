@@ -1,3 +1,4 @@
+import type { SpamRefusal } from '../abuse/index.ts';
 import type { ProfileVerdict, Signature, SpfVerdict } from '../auth/index.ts';
 import type { Classification, Connected, Destination, Playbook, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
@@ -69,6 +70,20 @@ export function countTransaction(facts: TransactionFacts, record: ReturnType<typ
   if ((facts.preflight as { verdict?: string } | undefined)?.verdict === 'refused') policyRefusals.inc({ reason: 'preflight' });
   if (facts.rules?.verdict === 'refused') for (const { rule } of facts.rules.breaches) policyRefusals.inc({ reason: rule === 'consumer-from' ? 'consumer_from' : 'bulk_unsubscribe' });
   for (const leg of facts.legs) if (leg.profile?.verdict === 'refused' || leg.profile?.verdict === 'deferred') policyRefusals.inc({ reason: 'provider_profile' });
+}
+
+/**
+ * The recipients a destination refused in the playbook's reputation or content category
+ * (blocked as spam, a poor reputation, unsolicited content), by provider: the registry's
+ * name, else the recipient's domain (a destination it does not know is a provider of its own).
+ */
+export function spamRefusals(facts: TransactionFacts, record: ReturnType<typeof transactionRecord>): SpamRefusal[] {
+  return record.recipients.flatMap((recipient) => {
+    if (recipient.category !== 'reputation' && recipient.category !== 'content') return [];
+    const leg = facts.legs.find((l) => l.recipients.includes(recipient.address));
+    const provider = recipient.provider ?? leg?.lease?.provider?.name ?? recipient.address.slice(recipient.address.lastIndexOf('@') + 1).toLowerCase();
+    return [{ provider, recipient: recipient.address }];
+  });
 }
 
 /** One recipient in the transaction record. */

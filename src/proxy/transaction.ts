@@ -23,7 +23,8 @@ import { applyHygiene, checkFrom, checkRules, malformedRefusal, rulesRefusal, si
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
 import { runPreflight } from './preflight-run.ts';
-import { countTransaction, explain, transactionRecord, type MessageFacts, type RecipientRecord, type TransactionFacts } from './record.ts';
+import type { SpamRefusal } from '../abuse/index.ts';
+import { countTransaction, explain, spamRefusals, transactionRecord, type MessageFacts, type RecipientRecord, type TransactionFacts } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
 import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
 
@@ -89,8 +90,12 @@ export class Transaction {
   /** The relay's own rules the message breaks (hygiene.ts `checkRules`), and what became of it. */
   #rules?: TransactionFacts['rules'];
 
-  constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress) {
+  /** Told the destinations' refusals as spam once the transaction is over (the abuse guard's feedback). */
+  readonly #feedback?: (refusals: SpamRefusal[]) => Promise<void>;
+
+  constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress, feedback?: (refusals: SpamRefusal[]) => Promise<void>) {
     this.#ctx = ctx;
+    this.#feedback = feedback;
     this.#client = client;
     this.#sender = sender;
     this.#params = params;
@@ -408,5 +413,7 @@ export class Transaction {
     const record = transactionRecord(facts);
     this.#logger.info(record, 'transaction');
     countTransaction(facts, record);
+    const refusals = spamRefusals(facts, record);
+    if (refusals.length && this.#feedback) this.#feedback(refusals).catch((err: unknown) => this.#logger.error({ err, relayId: this.id }, 'abuse guard: the destinations\' refusals as spam could not be counted'));
   }
 }

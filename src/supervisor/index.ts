@@ -1,7 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { Readable } from 'node:stream';
 import { loadConfig, type Config } from '../config/index.ts';
-import { ControlServer, flushAnswer } from '../control/index.ts';
+import type { Hold } from '../abuse/index.ts';
+import { ControlServer, controlCommands } from '../control/index.ts';
 import type { FlushCount } from '../dns/index.ts';
 import { aggregateExposition, Counter, createLogger, Gauge, HttpServer, localMetrics, logStream, METRIC_PREFIX, type Logger, type MetricsJson, type Readiness } from '../observability/index.ts';
 import { checkReload } from '../relay.ts';
@@ -67,6 +68,12 @@ function sumFlushes(counts: FlushCount[]): FlushCount {
     ...(redis.length && { redis: redis.reduce((sum, c) => sum + c.redis!, 0) }),
     ...(redisError && { redisError }),
   };
+}
+
+/** The workers' holds as one list: a hold in the shared store is each worker's, once here. */
+function distinctHolds(lists: Hold[][]): Hold[] {
+  const byKey = new Map(lists.flat().map((hold) => [`${hold.kind}:${hold.who}`, hold]));
+  return [...byKey.values()].sort((a, b) => a.since - b.since);
 }
 
 /**
@@ -220,7 +227,18 @@ export async function supervise(file: string, config: Config, count: number): Pr
   for (let slot = 0; slot < count; slot++) fork(slot);
   await firstStart;
   control = config.control.socket
-    ? await ControlServer.listen(config.control.socket, { 'dns flush': async () => flushAnswer(sumFlushes(await Promise.all(up().map(({ channel }) => channel.call<FlushCount>('dns flush'))))) }, logger)
+    ? await ControlServer.listen(
+        config.control.socket,
+        controlCommands({
+          flushDns: async () => sumFlushes(await Promise.all(up().map(({ channel }) => channel.call<FlushCount>('dns flush')))),
+          // Every worker answers: the same holds from a shared store, each its own from memory.
+          abuse: {
+            holds: async () => distinctHolds(await Promise.all(up().map(({ channel }) => channel.call<Hold[]>('abuse holds')))),
+            release: async (who) => distinctHolds(await Promise.all(up().map(({ channel }) => channel.call<Hold[]>('abuse release', who)))),
+          },
+        }),
+        logger,
+      )
     : undefined;
   logger.info({ ports: up()[0].ports, httpPort: http?.port, config: file, workers: count }, 'relay started');
   doctor();

@@ -1,6 +1,7 @@
 import cluster from 'node:cluster';
 import { RateLimiterCluster } from 'rate-limiter-flexible';
 import type { SessionSlot, Shaper, ShapingLimits } from '../delivery/index.ts';
+import type { HoldsControl } from '../control/index.ts';
 import type { FlushCount } from '../dns/index.ts';
 import type { Slots } from '../inbound/index.ts';
 import { localMetrics, type Readiness } from '../observability/index.ts';
@@ -12,6 +13,8 @@ import { Channel } from './channel.ts';
 export interface WorkerServices {
   readiness(): Readiness;
   flushDns(): Promise<FlushCount>;
+  /** The abuse guard's holds: every worker shares them through the store, but one held only in a worker's memory (no state file) is its own. */
+  abuse: HoldsControl;
   /** Runs doctor's checks and logs them: the supervisor asks one worker, so they run once. */
   doctor(): Promise<void>;
   /** Reads the configuration file again and applies it (it logs what it did). */
@@ -109,6 +112,8 @@ export class WorkerLink {
     this.#channel.handle({
       readiness: () => services.readiness(),
       'dns flush': () => services.flushDns(),
+      'abuse holds': () => services.abuse.holds(),
+      'abuse release': (who: string) => services.abuse.release(who),
       doctor: () => services.doctor(),
       reload: () => services.reload(),
     });

@@ -15,7 +15,8 @@ import { CORP, freePort, Internet, type DestinationSpec } from './world.ts';
  * against what the clients were told (`check`).
  */
 /** The soak's clients send thousands of messages a minute as a few senders: the outbound abuse guard would (rightly) stop them. */
-const UNLIMITED = { limits: { perMinute: false, perHour: false, perDay: false }, addressLimits: { perMinute: false, perHour: false, perDay: false } };
+const NONE = { perMinute: false, perHour: false, perDay: false, messages: { perMinute: false, perHour: false, perDay: false } };
+const UNLIMITED = { limits: NONE, addressLimits: NONE, anomaly: false };
 
 export interface SoakOptions {
   messages: number;
