@@ -67,6 +67,8 @@ export class AbuseGuard {
   /** One per sender and reason while an episode lasts: the first refusal or flag writes the record. */
   #episodes: RateLimiterAbstract;
   #checked = new LRUCache<string, number>({ max: 10_000 });
+  /** Per transaction, once its first RCPT counted it: the refusal of a message over its limit. */
+  #messages = new WeakMap<object, Outcome | undefined>();
 
   constructor(config: Config, defaultStatePath: string, logger: Logger, local: (options: LimiterOptions) => RateLimiterAbstract) {
     this.#config = config.abuse;
@@ -88,16 +90,26 @@ export class AbuseGuard {
   }
 
   /**
-   * One RCPT TO `recipient` from `from` (`message`: the transaction's first): undefined when
+   * One RCPT TO `recipient` from `from` in `message` (any object that stands for the
+   * transaction; its first RCPT counts the message): undefined when
    * it may go, else the reply. Held → 550 5.7.1; over a limit → 451 4.7.1 naming the limit
    * and when it frees (550 and a hold under abuse.hold, for a user or an envelope sender).
    */
-  async recipient(from: Sender, recipient: string, message: boolean): Promise<Outcome | undefined> {
+  async recipient(from: Sender, recipient: string, message: object): Promise<Outcome | undefined> {
     const principal = principalOf(from);
     const holdKeys = keysOf(from).filter(([kind]) => kind !== 'address');
-    const [hold, over] = await Promise.all([this.#store.heldOf(holdKeys), this.#limits.count(from, 1, message)]);
+    const first = !this.#messages.has(message);
+    if (first) this.#messages.set(message, undefined);
+    const [hold, over] = await Promise.all([this.#store.heldOf(holdKeys), this.#limits.count(from, 1, first)]);
     if (hold) return this.#heldReply(hold);
-    if (over.length) return this.#over(from, over);
+    if (over.length) {
+      const reply = await this.#over(from, over);
+      // A message over its limit is refused whole: its later recipients get the same answer.
+      if (first && over[0].unit === 'messages') this.#messages.set(message, reply);
+      return reply;
+    }
+    const refused = this.#messages.get(message);
+    if (refused) return refused;
     if (principal && this.#config.anomaly) return this.#judge(from, principal, recipient.slice(recipient.lastIndexOf('@') + 1).toLowerCase());
     return undefined;
   }

@@ -104,10 +104,11 @@ export class SendingLimits {
 
   /**
    * Counts `recipients` for each of the sender's keys, and a message when `message` is set;
-   * resolves to the limits it is now over, recipients first.
+   * resolves to the limits it is now over, messages first (a message over its limit is
+   * refused whole).
    */
   async count(from: Sender, recipients: number, message: boolean): Promise<Over[]> {
-    const units: [Unit, number][] = message ? [['recipients', recipients], ['messages', 1]] : [['recipients', recipients]];
+    const units: [Unit, number][] = message ? [['messages', 1], ['recipients', recipients]] : [['recipients', recipients]];
     const counted = await Promise.all(
       units.flatMap(([unit, points]) =>
         keysOf(from).flatMap(([kind, who]) => {

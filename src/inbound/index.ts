@@ -140,8 +140,6 @@ export class Inbound {
   #strangerTimers = new Map<string, NodeJS.Timeout>();
   #authLimits: AuthLimits;
   #abuse: AbuseGuard;
-  /** Transactions whose first RCPT was counted as a message by the sending limits. */
-  #counted = new WeakSet<Transaction>();
   #state: InboundState;
   #draining = false;
   /** Messages being delivered: a drain waits for those of sessions it cut, so the memo records what arrived. */
@@ -509,9 +507,7 @@ export class Inbound {
       return { outcome: failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`) };
     }
     if (!recipient.includes('@')) return { outcome: failure('permanent', 550, '5.1.3', 'recipient must be a full address (user@domain)') };
-    const message = !this.#counted.has(transaction);
-    this.#counted.add(transaction);
-    const over = await this.#abuse.recipient(senderOf(session), recipient, message);
+    const over = await this.#abuse.recipient(senderOf(session), recipient, transaction);
     if (over) return { outcome: over };
     return { outcome: await transaction.addRecipient(recipient), transaction };
   }
