@@ -43,6 +43,7 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
           listeners: [{ host: '127.0.0.1', port: 0, allowInsecureAuth: true }],
           clients: { networks: ['127.0.0.1/32'], users: [{ name: 'mdaemon', password }] },
           domains: { 'example.test': { dkim: [{ selector: 's1', key: key.file }] } },
+          abuse: { overrides: [{ user: 'mdaemon', perHour: 1 }] },
         };
       },
     });
@@ -54,8 +55,11 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
     await client.command('MAIL FROM:<alice@example.test>');
     await client.command('RCPT TO:<erin@gmail.test>');
     await client.data(message({ to: 'erin@gmail.test' }));
+    // Over its one recipient an hour: the abuse guard's record.
+    await client.command('MAIL FROM:<alice@example.test>');
+    assert.equal((await client.command('RCPT TO:<frank@gmail.test>')).code, 451);
     await client.quit();
-    await world.logs.waitFor(() => world.logs.transactions().length === 3);
+    await world.logs.waitFor(() => world.logs.transactions().length === 3 && world.logs.records.some((r) => r.msg === 'abuse'));
     records = [...world.logs.records];
     transactions = records.filter((r) => r.msg === 'transaction');
     file = path.join(dir, 'relay.log');
@@ -67,24 +71,26 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** What each of the three transactions above must print. */
+  /** What each of the three transactions above must print, and the abuse record after them. */
   const expected = () => {
     const [first, second, third] = transactions;
+    const abuse = records.find((r) => r.msg === 'abuse')!;
     return [
       `${first.time} ${first.id} 127.0.0.1 <alice@example.test> → <bob@gmail.test> delivered 250 2.6.0, <nobody@gmail.test> refused 550 5.1.1; dmarc=pass; reply ${codes(first.reply)}`,
       `${second.time} ${second.id} 127.0.0.1 <carol@example.test> → <dave@outlook.test> deferred 451 4.7.0; dmarc=pass; reply 451 4.7.0`,
       `${third.time} ${third.id} 127.0.0.1 user=mdaemon <alice@example.test> → <erin@gmail.test> delivered 250 2.6.0; dmarc=pass; reply ${codes(third.reply)}`,
+      `${abuse.time} warn abuse component=abuse reason=limit user=mdaemon client=127.0.0.1 sender=alice@example.test over=${JSON.stringify(abuse.over)} action="every further recipient is answered 451 4.7.1 until the limit frees"`,
     ];
   };
 
-  it('prints one line per transaction: client, sender, each recipient with its result and destination code, predicted DMARC, final reply', async (t) => {
+  it('prints one line per transaction (client, sender, each recipient with its result and destination code, predicted DMARC, final reply) and per abuse record', async (t) => {
     assert.equal(transactions.length, 3);
     assert.match(String(transactions[0].reply), /^250 2\.\d\.\d /);
     const result = await runCli(['logs', file]);
     assert.equal(result.code, 0, result.stderr);
     t.diagnostic(result.stdout);
     assert.deepEqual(result.stdout.split('\n').filter(Boolean), expected());
-    // The other records (keys loaded, listening, identity) are not transactions; the kernel line is not a record.
+    // The other records (keys loaded, listening, identity) are neither transactions nor abuse; the kernel line is not a record.
     assert.equal(result.stderr, 'hygiene-relay: skipped 1 line that is not a JSON record\n');
   });
 
@@ -99,7 +105,7 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
 
   it('--grep keeps the transactions whose record contains the text anywhere', async () => {
     const byUser = await runCli(['logs', file, '--grep', 'mdaemon']);
-    assert.deepEqual(byUser.stdout.split('\n').filter(Boolean), [expected()[2]]);
+    assert.deepEqual(byUser.stdout.split('\n').filter(Boolean), expected().slice(2));
     // A field the line does not show: the destination's own words.
     const byReplyText = await runCli(['logs', file, '--grep', 'try again later']);
     assert.deepEqual(byReplyText.stdout.split('\n').filter(Boolean), [expected()[1]]);
@@ -115,7 +121,7 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
     const recent = await runCli(['logs', aged, '--since', '1h']);
     assert.deepEqual(recent.stdout.split('\n').filter(Boolean), expected().slice(1));
     const day = await runCli(['logs', aged, '--since', '1d']);
-    assert.equal(day.stdout.split('\n').filter(Boolean).length, 3);
+    assert.equal(day.stdout.split('\n').filter(Boolean).length, 4);
     assert.ok(day.stdout.startsWith(`${twoHoursAgo} ${transactions[0].id} `));
   });
 
@@ -163,7 +169,7 @@ describe('hygiene-relay logs, on records the relay wrote', () => {
     await lineCount(4);
     child.kill('SIGINT');
     assert.equal(await exited, 0);
-    assert.deepEqual(stdout.split('\n').filter(Boolean), [...expected(), expected()[0]]);
+    assert.deepEqual(stdout.split('\n').filter(Boolean), [...expected().slice(0, 3), expected()[0]]);
   });
 
   it('fails in one line, exit 2, on a missing file or a --since that is no duration', async () => {

@@ -1,7 +1,7 @@
 import { watch } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { stringify } from 'yaml';
-import { transactionLine } from '../observability/index.ts';
+import { recordLine, transactionLine } from '../observability/index.ts';
 import { fail, HELP_HELP, parseOptions, usageError, type Command } from './common.ts';
 
 const LOGS: Command = {
@@ -11,7 +11,8 @@ const LOGS: Command = {
 Reads the relay's JSON records (log.format: json) from FILE, or standard input when FILE
 is - or absent, and prints one line per transaction: time, relay id, client, sender →
 each recipient with its result and the destination's reply code, the predicted DMARC
-result, and the reply the client got at the end. Lines that are not JSON records are
+result, and the reply the client got at the end; and the abuse guard's records (a sender
+over a limit, flagged, held or released), one line each. Lines that are not JSON records are
 skipped and counted on standard error.
 
 options:
@@ -147,8 +148,11 @@ export async function logs(args: string[]): Promise<void> {
         skipped++;
         continue;
       }
-      if (record.msg !== 'transaction') continue;
+      // The abuse guard's records too: a held or flagged mailbox is what an admin must not miss.
+      const abuse = record.msg === 'abuse' || record.msg === 'abuse released';
+      if (record.msg !== 'transaction' && !abuse) continue;
       if (values.id !== undefined) {
+        if (abuse) continue;
         if (record.id !== values.id) continue;
         process.stdout.write(`${found ? '\n' : ''}${whole(record)}`);
         found++;
@@ -156,7 +160,7 @@ export async function logs(args: string[]): Promise<void> {
       }
       if (since !== undefined && !(Date.parse(String(record.time)) >= since)) continue;
       if (values.grep !== undefined && !line!.includes(values.grep)) continue;
-      process.stdout.write(`${transactionLine(record)}\n`);
+      process.stdout.write(`${abuse ? recordLine(record) : transactionLine(record)}\n`);
       found++;
     }
   } catch (err) {
