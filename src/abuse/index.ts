@@ -201,7 +201,9 @@ export class AbuseGuard {
 
   /** Releases `who` (a user, or an envelope sender), logging who was; resolves to the holds released. */
   async release(who: string): Promise<Hold[]> {
-    const released = await this.#store.release(who);
+    // An envelope sender is held lower-cased; a user name as it authenticated.
+    const lower = who.toLowerCase();
+    const released = [...(await this.#store.release(who)), ...(lower === who ? [] : await this.#store.release(lower, ['sender']))];
     // Released, it starts afresh: its counts go, and with them the limit episode, so a
     // sender that goes over again is held again (the anomaly and spam flags last their hour).
     await Promise.all([this.#limits.reset(who), ...released.map((hold) => this.#episodes.delete(`limit:${hold.kind}:${hold.who}`))]);

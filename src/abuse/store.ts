@@ -6,6 +6,7 @@ import type { SharedStore } from '../redis/index.ts';
 
 /** What a limit, a hold or a history is kept for: an AUTH user, a client address, an envelope sender. */
 export type Kind = 'user' | 'address' | 'sender';
+const KINDS: readonly Kind[] = ['user', 'address', 'sender'];
 
 /** A sender the guard refuses until an admin releases it (`hygiene-relay abuse release`). */
 export interface Hold {
@@ -40,8 +41,8 @@ export interface AbuseStore {
   heldOf(keys: readonly (readonly [Kind, string])[]): Promise<Hold | undefined>;
   /** False when it was held already (another replica got there first). */
   hold(hold: Hold): Promise<boolean>;
-  /** Releases every hold on `who`, whatever its kind; resolves to those released. */
-  release(who: string): Promise<Hold[]>;
+  /** Releases the holds on `who` of `kinds` (any kind by default); resolves to those released. */
+  release(who: string, kinds?: readonly Kind[]): Promise<Hold[]>;
   holds(): Promise<Hold[]>;
   /** Adds one recipient (in `domain`) to `principal`'s history at `now`; resolves to its last hour. */
   sent(principal: string, domain: string, now: number): Promise<LastHour>;
@@ -95,13 +96,14 @@ export class FileAbuseStore implements AbuseStore {
       this.#q = {
         held: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 WHERE kind = ? AND who = ?'),
         hold: db.prepare('INSERT OR IGNORE INTO abuse_held_v1 (kind, who, since, why) VALUES (?, ?, ?, ?)'),
-        released: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 WHERE who = ?'),
-        release: db.prepare('DELETE FROM abuse_held_v1 WHERE who = ?'),
+        released: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 WHERE who = ? AND kind = ?'),
+        release: db.prepare('DELETE FROM abuse_held_v1 WHERE who = ? AND kind = ?'),
         holds: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 ORDER BY since'),
         add: db.prepare('INSERT INTO abuse_sent_v1 (principal, bucket, recipients) VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET recipients = recipients + 1'),
         addDomain: db.prepare('INSERT OR IGNORE INTO abuse_domains_v1 (principal, bucket, domain) VALUES (?, ?, ?)'),
-        lastHour: db.prepare('SELECT coalesce(sum(recipients), 0) AS n FROM abuse_sent_v1 WHERE principal = ? AND bucket > ?'),
-        lastHourDomains: db.prepare('SELECT count(DISTINCT domain) AS n FROM abuse_domains_v1 WHERE principal = ? AND bucket > ?'),
+        // The last hour's buckets only, as Redis reads them: not those of a clock ahead of this one (another worker, a step back).
+        lastHour: db.prepare('SELECT coalesce(sum(recipients), 0) AS n FROM abuse_sent_v1 WHERE principal = ? AND bucket > ? AND bucket <= ?'),
+        lastHourDomains: db.prepare('SELECT count(DISTINCT domain) AS n FROM abuse_domains_v1 WHERE principal = ? AND bucket > ? AND bucket <= ?'),
         hours: db.prepare(`SELECT sum(recipients) AS n FROM abuse_sent_v1 WHERE principal = ? AND ${hour} >= ? AND ${hour} < ? GROUP BY ${hour}`),
         hourDomains: db.prepare(`SELECT count(DISTINCT domain) AS n FROM abuse_domains_v1 WHERE principal = ? AND ${hour} >= ? AND ${hour} < ? GROUP BY ${hour}`),
         spam: db.prepare('INSERT INTO abuse_spam_v1 (principal, provider, at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET at = excluded.at'),
@@ -129,10 +131,12 @@ export class FileAbuseStore implements AbuseStore {
     return this.#q.hold.run(hold.kind, hold.who, hold.since, hold.why).changes === 1;
   }
 
-  async release(who: string) {
-    const released = this.#q.released.all(who) as unknown as Hold[];
-    this.#q.release.run(who);
-    return released.map((row) => ({ ...row }));
+  async release(who: string, kinds: readonly Kind[] = KINDS) {
+    return kinds.flatMap((kind) => {
+      const released = this.#q.released.all(who, kind) as unknown as Hold[];
+      this.#q.release.run(who, kind);
+      return released.map((row) => ({ ...row }));
+    });
   }
 
   async holds() {
@@ -146,8 +150,8 @@ export class FileAbuseStore implements AbuseStore {
     this.#prune(now);
     const since = bucket - BUCKETS_PER_HOUR;
     return {
-      recipients: Number((this.#q.lastHour.get(principal, since) as { n: number }).n),
-      domains: Number((this.#q.lastHourDomains.get(principal, since) as { n: number }).n),
+      recipients: Number((this.#q.lastHour.get(principal, since, bucket) as { n: number }).n),
+      domains: Number((this.#q.lastHourDomains.get(principal, since, bucket) as { n: number }).n),
     };
   }
 
@@ -231,10 +235,10 @@ export class RedisAbuseStore implements AbuseStore {
     );
   }
 
-  async release(who: string) {
-    const local = await this.#local.release(who);
+  async release(who: string, kinds: readonly Kind[] = KINDS) {
+    const local = await this.#local.release(who, kinds);
     return this.#redis(async () => {
-      const fields = (['user', 'address', 'sender'] as const).map((kind) => `${kind}:${who}`);
+      const fields = kinds.map((kind) => `${kind}:${who}`);
       const rows = await this.#shared.client.hmget(this.#held, ...fields);
       await this.#shared.client.hdel(this.#held, ...fields);
       return [...rows.flatMap((row) => (row ? [JSON.parse(row) as Hold] : [])), ...local];
