@@ -26,7 +26,9 @@ export function anomaly(lastHour: LastHour, baseline: Baseline, rule: AnomalyRul
   ];
   const over = judged.filter(({ now, usual, floor }) => now > floor && now > rule.factor * usual);
   if (!over.length) return undefined;
-  return over.map(({ what, now, usual, floor }) => `${now} ${what} in the last hour, against a median of ${usual} an hour (over ${rule.factor}× that and over ${floor})`).join('; ');
+  // ASCII only: this is the hold's reason, which every 550 of the hold quotes, and a reply
+  // line is ASCII (RFC 5321 §4.2; the listeners spell anything else out as \xD7).
+  return over.map(({ what, now, usual, floor }) => `${now} ${what} in the last hour, against a median of ${usual} an hour (over ${rule.factor} times that and over ${floor})`).join('; ');
 }
 
 /** Only a last hour over a floor can be anomalous: below both, the baseline need not be read. */

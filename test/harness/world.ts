@@ -81,6 +81,8 @@ export interface WorldOptions {
   egress?: { ip: string; ptr?: string; confirmed?: boolean }[];
   /** MX hosts that exist in DNS but have nothing listening (connections refused). */
   deadMx?: { domain: string; name: string; ip: string; preference: number }[];
+  /** Runs once the internet is up and before the relay starts: state the relay should find there (a seeded history in its state file). */
+  prepare?: (internet: Internet) => Promise<void> | void;
 }
 
 export const GMAIL: DestinationSpec = { domain: 'gmail.test', mx: [{ name: 'mx.gmail.test', ip: '127.0.0.10' }] };
@@ -234,6 +236,7 @@ export class World extends Internet {
     const internet = await Internet.start(options);
     try {
       const overrides = typeof options.config === 'function' ? options.config(internet) : options.config;
+      await options.prepare?.(internet);
       const config = parseConfig(internet.relayConfig(overrides));
       const logs = new LogCapture();
       // The relay trusts the test CA as a deployment trusts the public ones, and fetches
