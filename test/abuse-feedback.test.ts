@@ -62,6 +62,11 @@ async function flaggedCount(): Promise<number> {
   return metric?.values.find((v) => v.labels.reason === 'spam_refusals')?.value ?? 0;
 }
 
+async function heldCount(): Promise<number> {
+  const metric = await register.getSingleMetric('hygiene_relay_abuse_held_recipients_total')?.get();
+  return metric?.values[0]?.value ?? 0;
+}
+
 /** `promise`, or a failure naming `what` after 10 s: a record that never comes fails the test instead of hanging it. */
 async function within<T>(promise: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -295,6 +300,17 @@ describe("the providers' own verdict under abuse.hold: the sender is held", () =
     assert.equal(explained(free.record)[0].result, 'delivered');
   });
 
+  it('hygiene_relay_abuse_held_recipients_total counts the recipients refused for the hold, and nothing for the hold itself', async () => {
+    const sender = 'grace@example.test';
+    await relay.send(sender, [rcpt('gmail', 'g')], { gmail: SPAM.gmailRcpt });
+    // Read before the flag: whatever the flag itself counted is in the difference.
+    const heldBefore = await heldCount();
+    await relay.send(sender, [rcpt('microsoft', 'g')], { microsoft: SPAM.microsoftRcpt });
+    assert.match(String((await relay.waitForAbuse(sender)).action), /^held: /);
+    const held = await relay.send(sender, [rcpt('gmail', 'g'), rcpt('microsoft', 'g')]);
+    assert.deepEqual(held.rcpts.map((r) => r.code), [550, 550]);
+    assert.equal(await heldCount(), heldBefore + 2, 'two recipients refused for the hold');
+  });
 });
 
 describe("the providers' own verdict counts towards the sender's episode", () => {

@@ -147,15 +147,16 @@ export class AbuseGuard {
     if (!overFloor(lastHour, rule) || now - (this.#checked.get(key) ?? 0) < ANOMALY_RECHECK_MS) return undefined;
     this.#checked.set(key, now);
     const why = anomaly(lastHour, await this.#store.baseline(key, now), rule);
-    return why ? this.#flag('anomaly', from, principal, why) : undefined;
+    const held = why ? await this.#flag('anomaly', from, principal, why) : undefined;
+    return held ? this.#heldReply(held) : undefined;
   }
 
   /**
    * A flag (anomaly, spam refusals): one record an hour per sender, which a release does not
    * end, so a sender the admin released is not held again for the same hour; under
-   * abuse.hold the sender is held, and this recipient refused already.
+   * abuse.hold the sender is held: the hold, for a recipient to be refused already.
    */
-  async #flag(reason: Reason, from: Sender, [kind, who]: [Kind, string], why: string): Promise<Outcome | undefined> {
+  async #flag(reason: Reason, from: Sender, [kind, who]: [Kind, string], why: string): Promise<Hold | undefined> {
     const hold = this.#config.hold;
     const fresh = await this.#episode(reason, `${kind}:${who}`, from, 3_600_000, {
       flagged: why,
@@ -163,8 +164,7 @@ export class AbuseGuard {
     });
     if (!hold || !fresh) return undefined;
     await this.#store.hold({ kind, who, since: Date.now(), why });
-    const held = await this.#store.heldOf([[kind, who]]);
-    return held ? this.#heldReply(held) : undefined;
+    return this.#store.heldOf([[kind, who]]);
   }
 
   /** Whether this starts an episode of `reason` for `subject` (whichever replica or worker got there first), and then its record. */
