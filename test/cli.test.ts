@@ -35,6 +35,7 @@ describe('CLI: help, version, and one line for a command used wrongly', () => {
       assert.equal(result.stderr, '');
       assert.match(result.stdout, /^usage: hygiene-relay <command> \[options\]\n/);
       assert.match(result.stdout, /^ {2}config check \[--config FILE\]$/m);
+      assert.match(result.stdout, /^ {2}abuse list \| release SENDER \[--config FILE\]$/m);
     }
     const { version } = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
     for (const flag of ['--version', '-V']) {
@@ -42,7 +43,7 @@ describe('CLI: help, version, and one line for a command used wrongly', () => {
     }
   });
 
-  const commands = [['start'], ['passwd'], ['dkim'], ['dkim', 'keygen'], ['dkim', 'check'], ['config'], ['config', 'check'], ['demo']];
+  const commands = [['start'], ['passwd'], ['dkim'], ['dkim', 'keygen'], ['dkim', 'check'], ['config'], ['config', 'check'], ['abuse'], ['abuse', 'list'], ['abuse', 'release'], ['demo']];
   for (const command of commands) {
     it(`\`${command.join(' ')} --help\` prints its usage on stdout, exit 0`, async () => {
       for (const flag of ['--help', '-h']) {
