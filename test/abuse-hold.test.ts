@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify } from 'yaml';
+import { controlRequest } from '../src/control/index.ts';
 import { hashPassword } from '../src/inbound/index.ts';
 import { RawClient, type ClientReply } from './harness/client.ts';
 import { RelayProcess, runCli } from './harness/process.ts';
@@ -337,6 +338,68 @@ describe('abuse.hold: a held sender is refused until `hygiene-relay abuse releas
     const results = await Promise.all(cases.map(([args]) => cli(...args)));
     for (const [i, [args, code, line]] of cases.entries()) {
       assert.deepEqual(results[i], { code, stdout: '', stderr: `hygiene-relay: ${line}\n` }, `hygiene-relay abuse ${args.join(' ')}`);
+    }
+  });
+});
+
+describe('abuse guard: releases by many workers at once, and a message refused whole in the metric', { timeout: 120_000 }, () => {
+  let dir: string;
+  let internet: Internet;
+  let password: string;
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'relay-hold-bugs-'));
+    [internet, password] = await Promise.all([Internet.start(), hashPassword(PASSWORD)]);
+  });
+  after(async () => {
+    await internet.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const config = (name: string, overrides: Record<string, unknown>) =>
+    internet.relayConfig({
+      listeners: [{ host: '127.0.0.1', port: 0, allowInsecureAuth: true }],
+      clients: { networks: ['127.0.0.1/32'], users: [{ name: 'mailer', password }] },
+      control: { socket: path.join(dir, `${name}.sock`) },
+      memo: { path: path.join(dir, `${name}.sqlite`) },
+      ...overrides,
+    });
+
+  it('workers: 2: each release is one `abuse released` record, not one per worker that found the hold', async () => {
+    const relay = await RelayProcess.start(path.join(dir, 'race.yaml'), config('race', { workers: 2, abuse: { hold: true, overrides: [{ user: 'mailer', perHour: 1 }] } }));
+    const rounds = 10;
+    try {
+      for (let round = 0; round < rounds; round++) {
+        await delivered(relay.port, 'mailer@example.test', `r${round}@gmail.test`, 'mailer');
+        assertHeld(await sendMail(relay.port, 'mailer@example.test', [`r${round}-over@gmail.test`], 'mailer'), 'user mailer', 'over its limit of 1 recipients per hour');
+        assert.match(await controlRequest(path.join(dir, 'race.sock'), 'abuse release mailer'), /^ok \[\{"kind":"user","who":"mailer",/);
+      }
+      // A record written by either worker before the release answered is in before that worker's later transaction records.
+      const seen = relay.records.length;
+      const last = ['last0@gmail.test', 'last1@gmail.test'];
+      // Another sender's: mailer may send one recipient an hour.
+      for (const to of last) await delivered(relay.port, 'sync@example.test', to);
+      const records = await Promise.all(last.map((to) => transactionTo(relay, to, seen)));
+      assert.equal(new Set(records.map((r) => r.worker)).size, 2);
+      const released = relay.records.filter((r) => r.msg === 'abuse released');
+      assert.equal(released.length, rounds, JSON.stringify(released.map((r) => [r.worker, r.heldSince])));
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  it('a message refused whole for its message limit: every recipient answered 451 counts in hygiene_relay_abuse_limited_total', async () => {
+    const relay = await RelayProcess.start(path.join(dir, 'metric.yaml'), config('metric', { abuse: { limits: { perMinute: 1000, perHour: 1000, perDay: 1000, messages: { perMinute: 1 } } } }));
+    try {
+      await delivered(relay.port, 'mailer@example.test', 'first@gmail.test', 'mailer');
+      const second = await sendMail(relay.port, 'mailer@example.test', ['s1@gmail.test', 's2@gmail.test', 's3@gmail.test'], 'mailer');
+      assert.deepEqual(second.rcpts.map((r) => r.code), [451, 451, 451]);
+      const samples = await metric(relay, 'hygiene_relay_abuse_limited_total');
+      // Three recipients answered 451, counted as the first one was: under the user and the envelope sender.
+      assert.deepEqual(
+        samples.map((s) => [s.labels.kind, s.labels.window, s.labels.unit, s.value]).sort(),
+        [['sender', 'minute', 'messages', 3], ['user', 'minute', 'messages', 3]],
+      );
+    } finally {
+      await relay.stop();
     }
   });
 });

@@ -68,7 +68,7 @@ export class AbuseGuard {
   #episodes: RateLimiterAbstract;
   #checked = new LRUCache<string, number>({ max: 10_000 });
   /** Per transaction, once its first RCPT counted it: the refusal of a message over its limit. */
-  #messages = new WeakMap<object, Outcome | undefined>();
+  #messages = new WeakMap<object, { reply: Outcome; over: Over[] } | undefined>();
 
   constructor(config: Config, defaultStatePath: string, logger: Logger, local: (options: LimiterOptions) => RateLimiterAbstract) {
     this.#config = config.abuse;
@@ -105,11 +105,14 @@ export class AbuseGuard {
     if (over.length) {
       const reply = await this.#over(from, over);
       // A message over its limit is refused whole: its later recipients get the same answer.
-      if (first && over[0].unit === 'messages') this.#messages.set(message, reply);
+      if (first && over[0].unit === 'messages') this.#messages.set(message, { reply, over: over.filter((o) => o.unit === 'messages') });
       return reply;
     }
     const refused = this.#messages.get(message);
-    if (refused) return refused;
+    if (refused) {
+      for (const o of refused.over) limited.inc({ kind: o.kind, window: o.window, unit: o.unit });
+      return refused.reply;
+    }
     if (principal && this.#config.anomaly) return this.#judge(from, principal, recipient.slice(recipient.lastIndexOf('@') + 1).toLowerCase());
     return undefined;
   }

@@ -77,7 +77,7 @@ function baselineHours(now: number): { first: number; end: number } {
 export class FileAbuseStore implements AbuseStore {
   ready = Promise.resolve();
   #db: DatabaseSync;
-  #q: Record<'held' | 'hold' | 'release' | 'released' | 'holds' | 'add' | 'addDomain' | 'lastHour' | 'lastHourDomains' | 'hours' | 'hourDomains' | 'spam' | 'spammers' | 'prune' | 'pruneDomains' | 'pruneSpam', StatementSync>;
+  #q: Record<'held' | 'hold' | 'release' | 'holds' | 'add' | 'addDomain' | 'lastHour' | 'lastHourDomains' | 'hours' | 'hourDomains' | 'spam' | 'spammers' | 'prune' | 'pruneDomains' | 'pruneSpam', StatementSync>;
   #pruned = 0;
 
   constructor(file: string) {
@@ -96,8 +96,8 @@ export class FileAbuseStore implements AbuseStore {
       this.#q = {
         held: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 WHERE kind = ? AND who = ?'),
         hold: db.prepare('INSERT OR IGNORE INTO abuse_held_v1 (kind, who, since, why) VALUES (?, ?, ?, ?)'),
-        released: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 WHERE who = ? AND kind = ?'),
-        release: db.prepare('DELETE FROM abuse_held_v1 WHERE who = ? AND kind = ?'),
+        // One statement: workers releasing at once must not both read the row before either deletes it.
+        release: db.prepare('DELETE FROM abuse_held_v1 WHERE who = ? AND kind = ? RETURNING kind, who, since, why'),
         holds: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 ORDER BY since'),
         add: db.prepare('INSERT INTO abuse_sent_v1 (principal, bucket, recipients) VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET recipients = recipients + 1'),
         addDomain: db.prepare('INSERT OR IGNORE INTO abuse_domains_v1 (principal, bucket, domain) VALUES (?, ?, ?)'),
@@ -132,11 +132,7 @@ export class FileAbuseStore implements AbuseStore {
   }
 
   async release(who: string, kinds: readonly Kind[] = KINDS) {
-    return kinds.flatMap((kind) => {
-      const released = this.#q.released.all(who, kind) as unknown as Hold[];
-      this.#q.release.run(who, kind);
-      return released.map((row) => ({ ...row }));
-    });
+    return kinds.flatMap((kind) => (this.#q.release.all(who, kind) as unknown as Hold[]).map((row) => ({ ...row })));
   }
 
   async holds() {
@@ -239,8 +235,11 @@ export class RedisAbuseStore implements AbuseStore {
     const local = await this.#local.release(who, kinds);
     return this.#redis(async () => {
       const fields = kinds.map((kind) => `${kind}:${who}`);
-      const rows = await this.#shared.client.hmget(this.#held, ...fields);
-      await this.#shared.client.hdel(this.#held, ...fields);
+      // MULTI: workers releasing at once must not both read the holds before either deletes them.
+      const results = await this.#shared.client.multi().hmget(this.#held, ...fields).hdel(this.#held, ...fields).exec();
+      if (!results) throw new Error('transaction discarded');
+      for (const [err] of results) if (err) throw err;
+      const rows = results[0][1] as (string | null)[];
       return [...rows.flatMap((row) => (row ? [JSON.parse(row) as Hold] : [])), ...local];
     }, async () => local);
   }
