@@ -56,7 +56,13 @@ describe('reply playbook: every reply of the table, played by a destination', ()
     // throttling example triggers in shaping would hold up the examples after it.
     // Monitor: the destinations' own replies are under test, not the relay's judgement (Gmail's
     // profile wants TLS, which these raw MX hosts do not offer).
-    world = await World.start({ destinations: [], config: (internet) => ({ defaultPolicy: 'monitor', delivery: internet.deliverySettings({ pool: { maxIdle: 0 }, shaping: false }) }) });
+    // One sender sending a hundred messages a minute, half of them refused as spam: what the
+    // outbound abuse guard stops (test/abuse-*.test.ts), not what this tests.
+    const unlimited = { perMinute: false, perHour: false, perDay: false, messages: { perMinute: false, perHour: false, perDay: false } } as const;
+    world = await World.start({
+      destinations: [],
+      config: (internet) => ({ defaultPolicy: 'monitor', delivery: internet.deliverySettings({ pool: { maxIdle: 0 }, shaping: false }), abuse: { limits: unlimited, addressLimits: unlimited, anomaly: false } }),
+    });
     for (const [name, mx] of Object.entries(MX) as [MxName, (typeof MX)[MxName]][]) {
       world.dns.add(mx.domain, { type: 'MX', data: { preference: 10, exchange: mx.host } });
       world.dns.add(mx.host, { type: 'A', data: mx.ip });
