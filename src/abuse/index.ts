@@ -8,8 +8,8 @@ import { Counter, METRIC_PREFIX, type Logger } from '../observability/index.ts';
 import { connectShared, count, sharedLimiter, type LimiterOptions, type SharedStore } from '../redis/index.ts';
 import { failure, type Outcome } from '../smtp/index.ts';
 import { anomaly, overFloor } from './anomaly.ts';
-import { keysOf, LONGEST_WINDOW, SendingLimits, type Over, type Sender } from './limits.ts';
-import { openAbuseStore, type AbuseStore, type Hold, type Kind } from './store.ts';
+import { LONGEST_WINDOW, SendingLimits, type Over, type Sender } from './limits.ts';
+import { openAbuseStore, type AbuseStore, type Hold, type Kind, type LastHour } from './store.ts';
 
 export type { Sender } from './limits.ts';
 export type { Hold } from './store.ts';
@@ -32,13 +32,6 @@ const heldRecipients = new Counter({
 });
 
 type Reason = 'limit' | 'anomaly' | 'spam_refusals';
-
-/** A refusal by a destination that the playbook put in the reputation or content category. */
-export interface SpamRefusal {
-  /** The provider's name in the registry, or the recipient domain for a destination it does not know. */
-  provider: string;
-  recipient: string;
-}
 
 // How often one sender's last hour is compared with its baseline while it stays over the
 // floor: reading a week of history for every recipient would make the rule the bottleneck.
@@ -68,7 +61,7 @@ export class AbuseGuard {
   #episodes: RateLimiterAbstract;
   #checked = new LRUCache<string, number>({ max: 10_000 });
   /** Per transaction, once its first RCPT counted it: the refusal of a message over its limit. */
-  #messages = new WeakMap<object, { reply: Outcome; over: Over[] } | undefined>();
+  #messages = new WeakMap<object, { reply: Outcome; over: Over } | undefined>();
 
   constructor(config: Config, defaultStatePath: string, logger: Logger, local: (options: LimiterOptions) => RateLimiterAbstract) {
     this.#config = config.abuse;
@@ -91,30 +84,37 @@ export class AbuseGuard {
 
   /**
    * One RCPT TO `recipient` from `from` in `message` (any object that stands for the
-   * transaction; its first RCPT counts the message): undefined when
-   * it may go, else the reply. Held → 550 5.7.1; over a limit → 451 4.7.1 naming the limit
-   * and when it frees (550 and a hold under abuse.hold, for a user or an envelope sender).
+   * transaction; its first RCPT counts the message): undefined when it may go, else the
+   * reply. Held → 550 5.7.1; over a limit → 451 4.7.1 naming the limit and when it frees
+   * (550 and a hold under abuse.hold, for a user or an envelope sender). The hold, the counts
+   * and the history are asked at once: one round trip to Redis for a recipient that goes.
    */
   async recipient(from: Sender, recipient: string, message: object): Promise<Outcome | undefined> {
     const principal = principalOf(from);
-    const holdKeys = keysOf(from).filter(([kind]) => kind !== 'address');
     const first = !this.#messages.has(message);
     if (first) this.#messages.set(message, undefined);
-    const [hold, over] = await Promise.all([this.#store.heldOf(holdKeys), this.#limits.count(from, 1, first)]);
+    const now = Date.now();
+    const domain = recipient.slice(recipient.lastIndexOf('@') + 1).toLowerCase();
+    const [hold, over, lastHour] = await Promise.all([
+      principal ? this.#store.heldOf([principal]) : undefined,
+      this.#limits.count(from, 1, first),
+      // Every recipient asked for is history, as it is counted: a sender refused meanwhile
+      // still tried, and its baseline hours are its active ones whatever became of them.
+      principal && this.#config.anomaly ? this.#store.sent(principal.join(':'), domain, now) : undefined,
+    ]);
     if (hold) return this.#heldReply(hold);
     if (over.length) {
       const reply = await this.#over(from, over);
       // A message over its limit is refused whole: its later recipients get the same answer.
-      if (first && over[0].unit === 'messages') this.#messages.set(message, { reply, over: over.filter((o) => o.unit === 'messages') });
+      if (first && over[0].unit === 'messages') this.#messages.set(message, { reply, over: over[0] });
       return reply;
     }
     const refused = this.#messages.get(message);
     if (refused) {
-      for (const o of refused.over) limited.inc({ kind: o.kind, window: o.window, unit: o.unit });
+      if (refused.reply.kind === 'temporary') limited.inc({ kind: refused.over.kind, window: refused.over.window, unit: refused.over.unit });
       return refused.reply;
     }
-    if (principal && this.#config.anomaly) return this.#judge(from, principal, recipient.slice(recipient.lastIndexOf('@') + 1).toLowerCase());
-    return undefined;
+    return principal && lastHour ? this.#judge(from, principal, lastHour, now) : undefined;
   }
 
   #heldReply(hold: Hold): Outcome {
@@ -122,31 +122,41 @@ export class AbuseGuard {
     return failure('permanent', 550, '5.7.1', `${named(hold.kind, hold.who)} is held by the relay's abuse guard since ${at(hold.since)} (${hold.why}); ask the mail administrator to release it`);
   }
 
+  /**
+   * Over one or more limits: an episode (and its record) for each sender key over, and under
+   * abuse.hold the hold of the user or envelope sender over its own limits.
+   */
   async #over(from: Sender, over: Over[]): Promise<Outcome> {
-    for (const o of over) limited.inc({ kind: o.kind, window: o.window, unit: o.unit });
-    const first = over[0];
     // A client address is never held: it is usually the internal server sending for everyone.
     const holdable = this.#config.hold ? over.find((o) => o.kind !== 'address') : undefined;
-    const fresh = await this.#episode('limit', `${first.kind}:${first.who}`, from, Math.max(...over.map((o) => o.freesInMs)), {
-      over: over.map((o) => ({ counted: o.kind, who: o.who, unit: o.unit, window: o.window, limit: o.limit, count: o.count, freesIn: `${Math.ceil(o.freesInMs / 1000)}s` })),
-      action: holdable ? `held: every recipient is refused 550 5.7.1 until \`hygiene-relay abuse release ${holdable.who}\`` : 'every further recipient is answered 451 4.7.1 until the limit frees',
-    });
+    const subjects = Map.groupBy(over, (o) => `${o.kind}:${o.who}`);
+    const fresh = new Set<string>();
+    await Promise.all(
+      [...subjects].map(async ([subject, overs]) => {
+        const holds = holdable !== undefined && subject === `${holdable.kind}:${holdable.who}`;
+        const started = await this.#episode('limit', subject, from, Math.max(...overs.map((o) => o.freesInMs)), {
+          over: overs.map((o) => ({ counted: o.kind, who: o.who, unit: o.unit, window: o.window, limit: o.limit, count: o.count, freesIn: `${Math.ceil(o.freesInMs / 1000)}s` })),
+          action: holds ? `held: every recipient is refused 550 5.7.1 until \`hygiene-relay abuse release ${holdable.who}\`` : 'every further recipient is answered 451 4.7.1 until the limit frees',
+        });
+        if (started) fresh.add(subject);
+      }),
+    );
     if (holdable) {
       // The episode's first refusal holds; the record above says so.
-      if (fresh) await this.#store.hold({ kind: holdable.kind, who: holdable.who, since: Date.now(), why: `over its limit of ${holdable.limit} ${holdable.unit} per ${holdable.window}` });
-      const held = await this.#store.heldOf([[holdable.kind, holdable.who]]);
+      const hold = { kind: holdable.kind, who: holdable.who, since: Date.now(), why: `over its limit of ${holdable.limit} ${holdable.unit} per ${holdable.window}` };
+      const held = fresh.has(`${holdable.kind}:${holdable.who}`) && (await this.#store.hold(hold)) ? hold : await this.#store.heldOf([[holdable.kind, holdable.who]]);
       if (held) return this.#heldReply(held);
     }
+    const first = over[0];
+    limited.inc({ kind: first.kind, window: first.window, unit: first.unit });
     return failure('temporary', 451, '4.7.1', `${named(first.kind, first.who)} is over its limit of ${first.limit} ${first.unit} per ${first.window}; try again after ${at(Date.now() + first.freesInMs)} (in ${Math.ceil(first.freesInMs / 1000)} s)`);
   }
 
-  /** Adds the recipient to the sender's history; past the floor, compares its last hour with its baseline now and then. */
-  async #judge(from: Sender, principal: [Kind, string], domain: string): Promise<Outcome | undefined> {
+  /** Past the floor, compares the sender's last hour with its baseline, at most once a minute in this process. */
+  async #judge(from: Sender, principal: [Kind, string], lastHour: LastHour, now: number): Promise<Outcome | undefined> {
     const rule = this.#config.anomaly;
     if (!rule) return undefined;
     const key = principal.join(':');
-    const now = Date.now();
-    const lastHour = await this.#store.sent(key, domain, now);
     if (!overFloor(lastHour, rule) || now - (this.#checked.get(key) ?? 0) < ANOMALY_RECHECK_MS) return undefined;
     this.#checked.set(key, now);
     const why = anomaly(lastHour, await this.#store.baseline(key, now), rule);
@@ -166,8 +176,8 @@ export class AbuseGuard {
       action: hold ? `held: every recipient is refused 550 5.7.1 until \`hygiene-relay abuse release ${who}\`` : 'flagged only (abuse.hold is off): its mail still goes',
     });
     if (!hold || !fresh) return undefined;
-    await this.#store.hold({ kind, who, since: Date.now(), why });
-    return this.#store.heldOf([[kind, who]]);
+    const held = { kind, who, since: Date.now(), why };
+    return (await this.#store.hold(held)) ? held : this.#store.heldOf([[kind, who]]);
   }
 
   /** Whether this starts an episode of `reason` for `subject` (whichever replica or worker got there first), and then its record. */
@@ -181,20 +191,21 @@ export class AbuseGuard {
   }
 
   /**
-   * The destinations' refusals of one transaction the playbook calls reputation or content:
-   * each counts as one more recipient against the sender's limits (refused mail costs
-   * reputation twice), and a sender refused as spam by two providers within an hour is
-   * flagged (held under abuse.hold).
+   * The destinations' refusals as spam of one transaction (proxy/record.ts `spamRefusals`:
+   * the provider of each recipient refused for good in the playbook's reputation or content
+   * category): each counts as one more recipient against the sender's limits (mail refused
+   * as spam costs the sender's budget twice), and a sender refused as spam by two providers
+   * within an hour is flagged (held under abuse.hold).
    */
-  async refused(from: Sender, refusals: readonly SpamRefusal[]): Promise<void> {
-    if (!refusals.length) return;
-    await this.#limits.count(from, refusals.length, false);
+  async refused(from: Sender, providers: readonly string[]): Promise<void> {
+    if (!providers.length) return;
+    await this.#limits.count(from, providers.length, false);
     const principal = principalOf(from);
     if (!principal) return;
     const now = Date.now();
-    let providers: string[] = [];
-    for (const provider of new Set(refusals.map((r) => r.provider))) providers = await this.#store.refusedAsSpam(principal.join(':'), provider, now);
-    if (providers.length >= 2) await this.#flag('spam_refusals', from, principal, `refused as spam by ${providers.join(', ')} within an hour`);
+    let refusing: string[] = [];
+    for (const provider of new Set(providers)) refusing = await this.#store.refusedAsSpam(principal.join(':'), provider, now);
+    if (refusing.length >= 2) await this.#flag('spam_refusals', from, principal, `refused as spam by ${refusing.join(', ')} within an hour`);
   }
 
   /** Every hold, oldest first (`hygiene-relay abuse list`). */
@@ -209,7 +220,9 @@ export class AbuseGuard {
     const released = [...(await this.#store.release(who)), ...(lower === who ? [] : await this.#store.release(lower, ['sender']))];
     // Released, it starts afresh: its counts go, and with them the limit episode, so a
     // sender that goes over again is held again (the anomaly and spam flags last their hour).
-    await Promise.all([this.#limits.reset(who), ...released.map((hold) => this.#episodes.delete(`limit:${hold.kind}:${hold.who}`))]);
+    // Counts first: an RCPT elsewhere between the two must not find the old count in a new episode, and hold again.
+    await this.#limits.reset(who);
+    await Promise.all(released.map((hold) => this.#episodes.delete(`limit:${hold.kind}:${hold.who}`)));
     for (const hold of released) this.#logger.warn({ kind: hold.kind, who: hold.who, heldSince: at(hold.since), why: hold.why }, 'abuse released');
     return released;
   }

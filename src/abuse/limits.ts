@@ -40,17 +40,21 @@ export interface Over {
   freesInMs: number;
 }
 
-/** The keys a sender is counted under: its user, its client address, its envelope sender. */
+/**
+ * The keys a sender is counted under: its user and its client address; for a client that did
+ * not authenticate, its client address and its envelope sender. An authenticated user's
+ * envelope senders are its own: counting them apart would apply the default limits to a
+ * user an override allows more, and a release of the user would leave them over.
+ */
 export function keysOf(from: Sender): [Kind, string][] {
-  const keys: [Kind, string][] = [['address', canonicalAddress(from.address) ?? from.address]];
-  if (from.user !== undefined) keys.unshift(['user', from.user]);
-  if (from.sender !== '') keys.push(['sender', from.sender.toLowerCase()]);
-  return keys;
+  const address: [Kind, string] = ['address', canonicalAddress(from.address) ?? from.address];
+  if (from.user !== undefined) return [['user', from.user], address];
+  return from.sender === '' ? [address] : [address, ['sender', from.sender.toLowerCase()]];
 }
 
 /**
  * Recipients and messages per authenticated user, per client address and per envelope
- * sender, in fixed windows of a minute, an hour and a day. Every recipient the client asks
+ * sender (of a client that did not authenticate), in fixed windows of a minute, an hour and a day. Every recipient the client asks
  * for counts, those refused for being over included: a sender that keeps trying stays over
  * until the window ends, and it ends when the first recipient of the window is that old. A
  * message counts at its first RCPT. Counts go through Redis when `limits.redis` is set, so

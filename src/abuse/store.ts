@@ -1,5 +1,6 @@
 import { closeSync, openSync } from 'node:fs';
 import type { DatabaseSync, StatementSync } from 'node:sqlite';
+import { LRUCache } from 'lru-cache';
 import { ConfigError, type Config } from '../config/index.ts';
 import type { Logger } from '../observability/index.ts';
 import type { SharedStore } from '../redis/index.ts';
@@ -91,7 +92,11 @@ export class FileAbuseStore implements AbuseStore {
       db.exec(`CREATE TABLE IF NOT EXISTS abuse_held_v1 (kind TEXT NOT NULL, who TEXT NOT NULL, since INTEGER NOT NULL, why TEXT NOT NULL, PRIMARY KEY (kind, who));
         CREATE TABLE IF NOT EXISTS abuse_sent_v1 (principal TEXT NOT NULL, bucket INTEGER NOT NULL, recipients INTEGER NOT NULL, PRIMARY KEY (principal, bucket));
         CREATE TABLE IF NOT EXISTS abuse_domains_v1 (principal TEXT NOT NULL, bucket INTEGER NOT NULL, domain TEXT NOT NULL, PRIMARY KEY (principal, bucket, domain));
-        CREATE TABLE IF NOT EXISTS abuse_spam_v1 (principal TEXT NOT NULL, provider TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (principal, provider));`);
+        CREATE TABLE IF NOT EXISTS abuse_spam_v1 (principal TEXT NOT NULL, provider TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (principal, provider));
+        CREATE INDEX IF NOT EXISTS abuse_sent_v1_bucket ON abuse_sent_v1 (bucket);
+        CREATE INDEX IF NOT EXISTS abuse_domains_v1_bucket ON abuse_domains_v1 (bucket);
+        CREATE INDEX IF NOT EXISTS abuse_spam_v1_at ON abuse_spam_v1 (at);`);
+      // Pruning reads by bucket (and time) across senders: without these it would scan a week of history.
       const hour = `bucket / ${BUCKETS_PER_HOUR}`;
       this.#q = {
         held: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 WHERE kind = ? AND who = ?'),
@@ -104,8 +109,9 @@ export class FileAbuseStore implements AbuseStore {
         // The last hour's buckets only, as Redis reads them: not those of a clock ahead of this one (another worker, a step back).
         lastHour: db.prepare('SELECT coalesce(sum(recipients), 0) AS n FROM abuse_sent_v1 WHERE principal = ? AND bucket > ? AND bucket <= ?'),
         lastHourDomains: db.prepare('SELECT count(DISTINCT domain) AS n FROM abuse_domains_v1 WHERE principal = ? AND bucket > ? AND bucket <= ?'),
-        hours: db.prepare(`SELECT sum(recipients) AS n FROM abuse_sent_v1 WHERE principal = ? AND ${hour} >= ? AND ${hour} < ? GROUP BY ${hour}`),
-        hourDomains: db.prepare(`SELECT count(DISTINCT domain) AS n FROM abuse_domains_v1 WHERE principal = ? AND ${hour} >= ? AND ${hour} < ? GROUP BY ${hour}`),
+        // A bucket range, so the primary key (principal, bucket) finds the rows.
+        hours: db.prepare(`SELECT sum(recipients) AS n FROM abuse_sent_v1 WHERE principal = ? AND bucket >= ? AND bucket < ? GROUP BY ${hour}`),
+        hourDomains: db.prepare(`SELECT count(DISTINCT domain) AS n FROM abuse_domains_v1 WHERE principal = ? AND bucket >= ? AND bucket < ? GROUP BY ${hour}`),
         spam: db.prepare('INSERT INTO abuse_spam_v1 (principal, provider, at) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET at = excluded.at'),
         spammers: db.prepare('SELECT provider FROM abuse_spam_v1 WHERE principal = ? AND at > ? ORDER BY provider'),
         prune: db.prepare('DELETE FROM abuse_sent_v1 WHERE bucket < ?'),
@@ -141,8 +147,16 @@ export class FileAbuseStore implements AbuseStore {
 
   async sent(principal: string, domain: string, now: number) {
     const bucket = bucketOf(now);
-    this.#q.add.run(principal, bucket);
-    this.#q.addDomain.run(principal, bucket, domain);
+    // One write transaction for both: the write lock is taken once (IMMEDIATE, as the memo does).
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      this.#q.add.run(principal, bucket);
+      this.#q.addDomain.run(principal, bucket, domain);
+      this.#db.exec('COMMIT');
+    } catch (err) {
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
+      throw err;
+    }
     this.#prune(now);
     const since = bucket - BUCKETS_PER_HOUR;
     return {
@@ -153,7 +167,7 @@ export class FileAbuseStore implements AbuseStore {
 
   async baseline(principal: string, now: number) {
     const { first, end } = baselineHours(now);
-    const column = (statement: StatementSync) => (statement.all(principal, first, end) as { n: number }[]).map((row) => Number(row.n));
+    const column = (statement: StatementSync) => (statement.all(principal, first * BUCKETS_PER_HOUR, end * BUCKETS_PER_HOUR) as { n: number }[]).map((row) => Number(row.n));
     return { recipients: column(this.#q.hours), domains: column(this.#q.hourDomains) };
   }
 
@@ -182,16 +196,20 @@ export class FileAbuseStore implements AbuseStore {
  * a Cluster; ten-minute counters (INCR) and distinct domains (HyperLogLog, whose PFCOUNT over
  * several keys counts their union: https://redis.io/docs/latest/commands/pfcount/) expire
  * with the baseline. While Redis is away the in-memory store carries on, as the limits' own
- * insurance does: a hold placed then is this process's until Redis is back.
+ * insurance does: the holds Redis last told of still hold, one placed then is this process's
+ * until Redis is back, and list and release answer an error rather than half the truth.
  */
 export class RedisAbuseStore implements AbuseStore {
   static readonly prefix = 'hygiene-relay:abuse:v1:';
   #shared: SharedStore;
   #local = new FileAbuseStore(':memory:');
   #held = `${RedisAbuseStore.prefix}held`;
+  /** Holds as Redis last answered for them, by field (kind:who). */
+  #seen = new LRUCache<string, Hold>({ max: 10_000 });
 
   constructor(shared: SharedStore) {
     this.#shared = shared;
+    shared.client.on('ready', () => void this.#sync());
   }
 
   get ready() {
@@ -213,14 +231,23 @@ export class RedisAbuseStore implements AbuseStore {
     return `${RedisAbuseStore.prefix}{${principal}}:${what}`;
   }
 
+  /**
+   * Redis's answer, remembered for an outage: a sender held there stays held here while Redis
+   * is away. A hold placed during the outage is this process's until Redis is back (#sync).
+   */
   heldOf(keys: readonly (readonly [Kind, string])[]) {
+    const fields = keys.map(([kind, who]) => `${kind}:${who}`);
     return this.#redis(
       async () => {
-        const rows = keys.length ? await this.#shared.client.hmget(this.#held, ...keys.map(([kind, who]) => `${kind}:${who}`)) : [];
-        const found = rows.find((row) => row !== null);
-        return found ? (JSON.parse(found) as Hold) : this.#local.heldOf(keys);
+        const rows = fields.length ? await this.#shared.client.hmget(this.#held, ...fields) : [];
+        rows.forEach((row, i) => (row === null ? this.#seen.delete(fields[i]) : this.#seen.set(fields[i], JSON.parse(row) as Hold)));
+        const found = fields.find((field) => this.#seen.has(field));
+        return found ? this.#seen.get(found) : this.#local.heldOf(keys);
       },
-      () => this.#local.heldOf(keys),
+      async () => {
+        const found = fields.find((field) => this.#seen.has(field));
+        return found ? this.#seen.get(found) : this.#local.heldOf(keys);
+      },
     );
   }
 
@@ -231,23 +258,43 @@ export class RedisAbuseStore implements AbuseStore {
     );
   }
 
+  /** Holds placed while Redis was away go to Redis once it is back, where every replica sees them. */
+  async #sync() {
+    try {
+      for (const hold of await this.#local.holds()) {
+        await this.#shared.client.hsetnx(this.#held, `${hold.kind}:${hold.who}`, JSON.stringify(hold));
+        await this.#local.release(hold.who, [hold.kind]);
+      }
+    } catch (err) {
+      this.#shared.failed(err);
+    }
+  }
+
+  /** What an admin asks (list, release) needs Redis: an answer from this replica alone would be wrong for the others. */
+  #unavailable(): never {
+    throw new Error('Redis (limits.redis) does not answer, and it holds every replica\'s holds: try again once it is back');
+  }
+
   async release(who: string, kinds: readonly Kind[] = KINDS) {
-    const local = await this.#local.release(who, kinds);
-    return this.#redis(async () => {
-      const fields = kinds.map((kind) => `${kind}:${who}`);
-      // MULTI: workers releasing at once must not both read the holds before either deletes them.
-      const results = await this.#shared.client.multi().hmget(this.#held, ...fields).hdel(this.#held, ...fields).exec();
-      if (!results) throw new Error('transaction discarded');
-      for (const [err] of results) if (err) throw err;
-      const rows = results[0][1] as (string | null)[];
-      return [...rows.flatMap((row) => (row ? [JSON.parse(row) as Hold] : [])), ...local];
-    }, async () => local);
+    return this.#redis(
+      async () => {
+        const fields = kinds.map((kind) => `${kind}:${who}`);
+        // MULTI: workers releasing at once must not both read the holds before either deletes them.
+        const results = await this.#shared.client.multi().hmget(this.#held, ...fields).hdel(this.#held, ...fields).exec();
+        if (!results) throw new Error('transaction discarded');
+        for (const [err] of results) if (err) throw err;
+        for (const field of fields) this.#seen.delete(field);
+        const rows = results[0][1] as (string | null)[];
+        return [...rows.flatMap((row) => (row ? [JSON.parse(row) as Hold] : [])), ...(await this.#local.release(who, kinds))];
+      },
+      () => this.#unavailable(),
+    );
   }
 
   holds() {
     return this.#redis(
       async () => [...Object.values(await this.#shared.client.hgetall(this.#held)).map((row) => JSON.parse(row) as Hold), ...(await this.#local.holds())].sort((a, b) => a.since - b.since),
-      () => this.#local.holds(),
+      () => this.#unavailable(),
     );
   }
 

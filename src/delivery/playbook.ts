@@ -44,6 +44,8 @@ export interface PlaybookRule {
   /** The pattern alone does not name the provider: the rule applies only behind its MX hosts. */
   needsMx: boolean;
   pause: boolean;
+  /** The reply names a public blocklist's listing of the egress IP or a domain: the relay's standing, not one sender's mail. */
+  listing: boolean;
   category: Category;
   permanence: Permanence;
   remediation: string;
@@ -68,6 +70,7 @@ const tableSchema = z.strictObject({
         provider: z.string().optional(),
         needsMx: z.boolean().default(false),
         pause: z.boolean().default(false),
+        listing: z.boolean().default(false),
         code: z.array(z.number().int().min(400).max(599)).min(1).optional(),
         enhanced: z.array(z.string().regex(ENHANCED_PATTERN, 'must look like 5.7.26, 5.7.606-649 or 5.7.*')).min(1).optional(),
         text: z.string().min(1).optional(),
@@ -170,6 +173,7 @@ function compileRule(source: RuleSource, where: string, problems: string[]): Com
     ...(source.provider ? { provider: source.provider } : {}),
     needsMx: source.needsMx,
     pause: source.pause,
+    listing: source.listing,
     category: source.category,
     permanence: source.permanence,
     remediation: source.remediation.replace(/\s+/g, ' ').trim(),

@@ -31,11 +31,6 @@ export interface InboundState {
   limiter(options: LimiterOptions): RateLimiterAbstract;
 }
 
-/** Who sends, as the abuse guard counts it. */
-function senderOf(session: SMTPServerSession): Sender {
-  return { user: session.user ? String(session.user) : undefined, address: session.remoteAddress, sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '' };
-}
-
 const IN_PROCESS: InboundState = { slots: (_, limits) => new ConnectionSlots(limits), limiter: (options) => new RateLimiterMemory(options) };
 
 type Callback = (err?: Error | null) => void;
@@ -140,6 +135,8 @@ export class Inbound {
   #strangerTimers = new Map<string, NodeJS.Timeout>();
   #authLimits: AuthLimits;
   #abuse: AbuseGuard;
+  /** Each transaction's sender as MAIL FROM gave it (the session's envelope changes with the next MAIL). */
+  #senders = new WeakMap<Transaction, Sender>();
   #state: InboundState;
   #draining = false;
   /** Messages being delivered: a drain waits for those of sessions it cut, so the memo records what arrived. */
@@ -470,6 +467,8 @@ export class Inbound {
       return trustedRefusal(failure('temporary', 451, '4.3.5', 'no egress identity verifies (needed in strict mode, and always for an IPv6 one): check the PTR and A/AAAA records of the egress addresses'));
     }
     const params = (args || {}) as Record<string, string | boolean>;
+    // Who sends, as the abuse guard counts it: the sender with its domain in ASCII, as every other check has it.
+    const from: Sender = { user: session.user ? String(session.user) : undefined, address: session.remoteAddress, sender };
     const transaction = new Transaction(
       this.#ctx,
       { address: session.remoteAddress, helo: session.hostNameAppearsAs, user: client.user, secure: session.secure, senderDomains: client.senderDomains },
@@ -483,9 +482,9 @@ export class Inbound {
         requireTls: params.REQUIRETLS === true && sender !== '',
       },
       egress,
-      // Who sent, as at MAIL FROM: the session's envelope is the next transaction's by the time the destinations answered.
-      (refusals) => this.#abuse.refused({ ...senderOf(session), sender }, refusals),
+      (refusals) => this.#abuse.refused(from, refusals),
     );
+    this.#senders.set(transaction, from);
     const outcome = await transaction.checkSender();
     if (outcome.kind !== 'accepted') {
       await transaction.discard();
@@ -507,7 +506,7 @@ export class Inbound {
       return { outcome: failure('temporary', 452, '4.5.3', `too many recipients (at most ${this.#ctx.config.limits.maxRecipients} per message)`) };
     }
     if (!recipient.includes('@')) return { outcome: failure('permanent', 550, '5.1.3', 'recipient must be a full address (user@domain)') };
-    const over = await this.#abuse.recipient(senderOf(session), recipient, transaction);
+    const over = await this.#abuse.recipient(this.#senders.get(transaction)!, recipient, transaction);
     if (over) return { outcome: over };
     return { outcome: await transaction.addRecipient(recipient), transaction };
   }

@@ -1,4 +1,3 @@
-import type { SpamRefusal } from '../abuse/index.ts';
 import type { ProfileVerdict, Signature, SpfVerdict } from '../auth/index.ts';
 import type { Classification, Connected, Destination, Playbook, UpstreamLease } from '../delivery/index.ts';
 import type { Egress } from '../identity/index.ts';
@@ -73,16 +72,19 @@ export function countTransaction(facts: TransactionFacts, record: ReturnType<typ
 }
 
 /**
- * The recipients a destination refused in the playbook's reputation or content category
- * (blocked as spam, a poor reputation, unsolicited content), by provider: the registry's
- * name, else the recipient's domain (a destination it does not know is a provider of its own).
+ * The provider of each recipient a destination refused for good in the playbook's reputation
+ * or content category (blocked as spam, a poor reputation, unsolicited content): the
+ * registry's name, else the recipient's domain (a destination it does not know is a provider
+ * of its own). Not a deferral, which the client's retry would count again, and not a public
+ * blocklist's listing (the rule's `listing`), which is the relay's standing, not one sender's.
  */
-export function spamRefusals(facts: TransactionFacts, record: ReturnType<typeof transactionRecord>): SpamRefusal[] {
+export function spamRefusals(facts: TransactionFacts, record: ReturnType<typeof transactionRecord>): string[] {
   return record.recipients.flatMap((recipient) => {
     if (recipient.category !== 'reputation' && recipient.category !== 'content') return [];
+    if (recipient.result !== 'refused' && recipient.result !== 'bounced') return [];
+    if (facts.playbook.rules.find((rule) => rule.id === recipient.rule)?.listing) return [];
     const leg = facts.legs.find((l) => l.recipients.includes(recipient.address));
-    const provider = recipient.provider ?? leg?.lease?.provider?.name ?? recipient.address.slice(recipient.address.lastIndexOf('@') + 1).toLowerCase();
-    return [{ provider, recipient: recipient.address }];
+    return [recipient.provider ?? leg?.lease?.provider?.name ?? recipient.address.slice(recipient.address.lastIndexOf('@') + 1).toLowerCase()];
   });
 }
 

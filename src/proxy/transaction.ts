@@ -23,7 +23,6 @@ import { applyHygiene, checkFrom, checkRules, malformedRefusal, rulesRefusal, si
 import { Spool } from './spool.ts';
 import { Leg } from './leg.ts';
 import { runPreflight } from './preflight-run.ts';
-import type { SpamRefusal } from '../abuse/index.ts';
 import { countTransaction, explain, spamRefusals, transactionRecord, type MessageFacts, type RecipientRecord, type TransactionFacts } from './record.ts';
 import { sendStatusNotification } from './status-notification.ts';
 import { toReport, verdict, type Notification, type RecipientResult } from './verdict.ts';
@@ -90,10 +89,10 @@ export class Transaction {
   /** The relay's own rules the message breaks (hygiene.ts `checkRules`), and what became of it. */
   #rules?: TransactionFacts['rules'];
 
-  /** Told the destinations' refusals as spam once the transaction is over (the abuse guard's feedback). */
-  readonly #feedback?: (refusals: SpamRefusal[]) => Promise<void>;
+  /** Told the providers that refused recipients as spam once the transaction is over (the abuse guard's feedback). */
+  readonly #feedback?: (providers: string[]) => Promise<void>;
 
-  constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress, feedback?: (refusals: SpamRefusal[]) => Promise<void>) {
+  constructor(ctx: RelayContext, client: ClientInfo, sender: string, params: MailParams, egress: Egress, feedback?: (providers: string[]) => Promise<void>) {
     this.#ctx = ctx;
     this.#feedback = feedback;
     this.#client = client;
