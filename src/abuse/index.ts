@@ -18,7 +18,7 @@ export { median, anomaly } from './anomaly.ts';
 
 const limited = new Counter({
   name: `${METRIC_PREFIX}abuse_limited_total`,
-  help: 'Recipients answered 451 4.7.1 because a sender is over a sending limit, by what was counted (user, address, sender), the window (minute, hour, day) and the unit (recipients, messages)',
+  help: 'Recipients answered 451 4.7.1 because a sender is over a sending limit, by the limit the reply names: what was counted (user, address, sender), the window (minute, hour, day) and the unit (recipients, messages)',
   labelNames: ['kind', 'window', 'unit'],
 });
 const flagged = new Counter({
