@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, beforeEach, describe, it } from 'node:test';
 import { Playbook, PlaybookError, Providers, type PlaybookExample, type PlaybookRule } from '../src/delivery/index.ts';
 import type { Reply } from '../src/smtp/index.ts';
@@ -32,6 +34,43 @@ const TABLE = readFileSync(new URL('../src/delivery/playbook.yaml', import.meta.
 const providers = Providers.load();
 const playbook = Playbook.load(providers);
 const classifyReply = (reply: Reply, options?: { mxHost?: string }) => playbook.classify(reply, options);
+
+/** The rules whose reply names a public blocklist's listing of the egress IP or a domain (Spamhaus, Proofpoint, any DNSBL). */
+const LISTINGS = ['apple-blocklist', 'blocklist', 'blocklist-deferred', 'microsoft-spamhaus-domain', 'yahoo-spamhaus'];
+
+/** An admin's own rows (delivery.playbook): a list of its own ISP, and the shipped generic blocklist row restated to count as a verdict on the sender. */
+const ADMIN_ROWS = `rules:
+  - id: isp-own-list
+    listing: true
+    text: listed at reputation\\.isp\\.test
+    category: reputation
+    permanence: permanent
+    remediation: The ISP lists the egress IP on its own reputation list; ask its postmaster to delist it.
+    examples:
+      - at: rcpt
+        reply: 554 5.7.1 Client host [203.0.113.10] is listed at reputation.isp.test
+  - id: blocklist
+    listing: false
+    text: spamhaus|barracuda|spamcop|\\bblock ?list|\\bblack ?list|\\bRBL\\b|\\bDNSBL\\b
+    category: reputation
+    permanence: permanent
+    remediation: The reply names a blocklist; look the egress IP up on it and request removal (corp policy, counted against the sender too).
+    examples:
+      - at: rcpt
+        reply: '554 5.7.1 Service unavailable; Client host [203.0.113.10] blocked using zen.spamhaus.org'
+`;
+
+/** Runs `body` with `text` as an admin's playbook file, removed after. */
+function withAdminFile<T>(text: string, body: (file: string) => T): T {
+  const dir = mkdtempSync(path.join(tmpdir(), 'relay-playbook-listing-'));
+  try {
+    const file = path.join(dir, 'playbook.yaml');
+    writeFileSync(file, text);
+    return body(file);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 
 describe('reply playbook: every reply of the table, played by a destination', () => {
   let world: World;
@@ -189,6 +228,48 @@ describe('reply playbook: classification', () => {
     });
   });
 
+  it("marks exactly the public blocklists' listings as listing, every other rule false by default", () => {
+    assert.deepEqual(
+      playbook.rules
+        .filter((rule) => rule.listing)
+        .map((rule) => rule.id)
+        .sort(),
+      LISTINGS,
+    );
+    // False by default: the shipped table never writes `listing: false`, and every rule still says false, not nothing.
+    assert.ok(!/^\s*listing: false/m.test(TABLE));
+    for (const rule of playbook.rules.filter((r) => !LISTINGS.includes(r.id))) assert.equal(rule.listing, false, rule.id);
+    // A listing is the relay's reputation; the verdicts on the sender's own mail in that category are not listings.
+    for (const id of LISTINGS) assert.equal(playbook.rules.find((r) => r.id === id)?.category, 'reputation', id);
+    for (const id of ['gmail-low-reputation', 'gmail-low-reputation-deferred', 'gmail-blocked-unsolicited', 'microsoft-block-list', 'reputation']) {
+      const rule = playbook.rules.find((r) => r.id === id);
+      assert.deepEqual([rule?.category, rule?.listing], ['reputation', false], id);
+    }
+    // Each listing's own examples name a list.
+    for (const id of LISTINGS) for (const example of playbook.rules.find((r) => r.id === id)!.examples) assert.match(formatReply(example.reply), /spamhaus|proofpoint|barracuda/i, id);
+  });
+
+  it("an admin's row (delivery.playbook) sets listing: a new row true, a shipped row restated false, a row without it false", () => {
+    const own = withAdminFile(ADMIN_ROWS, (file) => Playbook.load(providers, file));
+    const listingOf = (id: string) => own.rules.find((rule) => rule.id === id)?.listing;
+    assert.equal(listingOf('isp-own-list'), true);
+    assert.equal(listingOf('blocklist'), false);
+    // The shipped rows the admin did not restate keep theirs.
+    for (const id of LISTINGS.filter((id) => id !== 'blocklist')) assert.equal(listingOf(id), true, id);
+    assert.equal(listingOf('reputation'), false);
+    // The admin's row reads its ISP's reply, which the shipped table alone reads as the generic reputation rule.
+    const ispList = { code: 554, enhanced: '5.7.1', lines: ['Client host [203.0.113.10] is listed at reputation.isp.test'] };
+    assert.equal(classifyReply(ispList, { mxHost: 'mx.isp.test' })?.rule, 'reputation');
+    assert.equal(own.classify(ispList, { mxHost: 'mx.isp.test' })?.rule, 'isp-own-list');
+    // A row of the admin's without the field: false.
+    const withoutField = ADMIN_ROWS.replace('    listing: true\n', '');
+    assert.notEqual(withoutField, ADMIN_ROWS);
+    assert.equal(
+      withAdminFile(withoutField, (file) => Playbook.load(providers, file)).rules.find((rule) => rule.id === 'isp-own-list')?.listing,
+      false,
+    );
+  });
+
   it('reads Gmail 5.7.40 by its text: a missing DMARC record, not an AUTH refusal', () => {
     const auth = { code: 535, enhanced: '5.7.40', lines: ['Unrecognized authentication type'] };
     assert.equal(classifyReply(auth, { mxHost: 'gmail-smtp-in.l.google.com' })?.rule, 'policy');
@@ -240,8 +321,27 @@ describe('reply playbook: a malformed table fails loudly', () => {
       ['reply: 450 User is receiving mail too quickly', 'reply: 450 User is receiving mail too quickly\n      - at: rcpt\n        reply: "250-not a reply"', /\(yahoo-recipient-rate\)\.examples\[1\]: not an SMTP reply/],
       ['  - id: other\n    category: other', '  - id: other\n    text: x\n    category: other', /no rule without code, enhanced and text for permanent replies/],
       ['  - id: other-deferred\n', '  - id: other-deferred\n    provider: bt\n', /catch-all rule cannot belong to a provider/],
+      ['    listing: true\n    provider: yahoo\n', '    listing: yes\n    provider: yahoo\n', /rules\[\d+\] \(yahoo-spamhaus\)\.listing: Invalid input: expected boolean, received string/],
     ];
     for (const [from, to, expected] of cases) assert.throws(broken(from, to), (err: Error) => err instanceof PlaybookError && expected.test(err.message), `${to}: ${expected}`);
+  });
+
+  it("refuses an admin's row whose listing is not true or false, naming the file, the row and the field", () => {
+    for (const [value, received] of [
+      ['"true"', 'string'],
+      ['1', 'number'],
+      ['[true]', 'array'],
+    ]) {
+      const rows = ADMIN_ROWS.replace('    listing: false\n', `    listing: ${value}\n`);
+      assert.notEqual(rows, ADMIN_ROWS);
+      withAdminFile(rows, (file) =>
+        assert.throws(
+          () => Playbook.load(providers, file),
+          (err: Error) => err instanceof PlaybookError && err.message === `${file}: rules[1] (blocklist).listing: Invalid input: expected boolean, received ${received}`,
+          value,
+        ),
+      );
+    }
   });
 
   it('refuses a rule after a catch-all that can never be reached, and YAML that does not parse', () => {
