@@ -340,3 +340,81 @@ describe('abuse guard, after review: holds through a Redis outage', { timeout: 1
     }
   });
 });
+
+describe('abuse guard: the replica that placed a hold keeps it through a Redis outage', { timeout: 120_000 }, () => {
+  let dir: string;
+  let internet: Internet;
+  let redis: RedisServer;
+  let password: string;
+  before(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'relay-abuse-placer-'));
+    [internet, redis, password] = await Promise.all([Internet.start(), freePort().then((port) => RedisServer.persistent(dir, port)), hashPassword(PASSWORD)]);
+  });
+  after(async () => {
+    await Promise.all([internet.close(), redis.kill()]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const fileOf = (name: string) => path.join(dir, `${name}.yaml`);
+  const socketOf = (name: string) => path.join(dir, `${name}.sock`);
+  const start = (name: string) =>
+    RelayProcess.start(
+      fileOf(name),
+      internet.relayConfig({
+        listeners: [{ host: '127.0.0.1', port: 0, allowInsecureAuth: true }],
+        clients: { networks: ['127.0.0.1/32'], users: [{ name: 'solo', password }, { name: 'late', password }] },
+        control: { socket: socketOf(name) },
+        memo: { path: path.join(dir, `${name}.sqlite`) },
+        limits: { redis: redis.url },
+        abuse: { hold: true, limits: { perHour: 2 } },
+      }),
+    );
+  const WHY = 'over its limit of 2 recipients per hour';
+  const unavailable = (r: Record<string, unknown>) => r.msg === 'sending limits: Redis unavailable, carrying on without it until it is back';
+  const back = (r: Record<string, unknown>) => r.msg === 'sending limits: Redis is back';
+  let up = true;
+  const outage = async (relay: RelayProcess) => {
+    const seen = relay.records.length;
+    await redis.kill();
+    up = false;
+    await relay.waitFor(unavailable, seen);
+  };
+  const restore = async (relay?: RelayProcess) => {
+    const seen = relay?.records.length ?? 0;
+    redis = await RedisServer.persistent(dir, redis.port);
+    up = true;
+    await relay?.waitFor(back, seen);
+  };
+
+  it('held by this replica through Redis, then Redis away before the user sends here again: still 550', async () => {
+    const relay = await start('placer');
+    try {
+      await delivered(relay.port, 'solo@example.test', 's1@gmail.test', 'solo');
+      await delivered(relay.port, 'solo@example.test', 's2@gmail.test', 'solo');
+      const since = assertHeld(await sendMail(relay.port, 'solo@example.test', ['s3@gmail.test'], { user: 'solo' }), 'user solo', WHY);
+      await outage(relay);
+      assert.equal(assertHeld(await sendMail(relay.port, 'solo@example.test', ['s4@gmail.test'], { user: 'solo' }), 'user solo', WHY), since);
+    } finally {
+      await relay.stop();
+      if (!up) await restore();
+    }
+  });
+
+  it('held during an outage, written to Redis once it is back, then Redis away again before the user sends here again: still 550', async () => {
+    const relay = await start('syncer');
+    try {
+      await outage(relay);
+      await delivered(relay.port, 'late@example.test', 'l1@gmail.test', 'late');
+      await delivered(relay.port, 'late@example.test', 'l2@gmail.test', 'late');
+      const since = assertHeld(await sendMail(relay.port, 'late@example.test', ['l3@gmail.test'], { user: 'late' }), 'user late', WHY);
+      await restore(relay);
+      let holds = '';
+      for (const deadline = Date.now() + 10_000; !holds.includes('"kind":"user","who":"late"') && Date.now() < deadline; ) holds = await controlRequest(socketOf('syncer'), 'abuse list');
+      assert.match(holds, /^ok .*"kind":"user","who":"late"/, 'the hold reached Redis');
+      await outage(relay);
+      assert.equal(assertHeld(await sendMail(relay.port, 'late@example.test', ['l4@gmail.test'], { user: 'late' }), 'user late', WHY), since);
+    } finally {
+      await relay.stop();
+    }
+  });
+});

@@ -252,8 +252,14 @@ export class RedisAbuseStore implements AbuseStore {
   }
 
   hold(hold: Hold) {
+    const field = `${hold.kind}:${hold.who}`;
     return this.#redis(
-      async () => (await this.#shared.client.hsetnx(this.#held, `${hold.kind}:${hold.who}`, JSON.stringify(hold))) === 1,
+      async () => {
+        const placed = (await this.#shared.client.hsetnx(this.#held, field, JSON.stringify(hold))) === 1;
+        // Remembered as Redis has it, for an outage before this sender's next recipient here.
+        if (placed) this.#seen.set(field, hold);
+        return placed;
+      },
       () => this.#local.hold(hold),
     );
   }
@@ -262,7 +268,11 @@ export class RedisAbuseStore implements AbuseStore {
   async #sync() {
     try {
       for (const hold of await this.#local.holds()) {
-        await this.#shared.client.hsetnx(this.#held, `${hold.kind}:${hold.who}`, JSON.stringify(hold));
+        const field = `${hold.kind}:${hold.who}`;
+        await this.#shared.client.hsetnx(this.#held, field, JSON.stringify(hold));
+        // Whichever hold Redis kept (another replica's, placed first, or this one), remembered before the local copy goes.
+        const kept = await this.#shared.client.hget(this.#held, field);
+        if (kept) this.#seen.set(field, JSON.parse(kept) as Hold);
         await this.#local.release(hold.who, [hold.kind]);
       }
     } catch (err) {
