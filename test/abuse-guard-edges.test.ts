@@ -95,7 +95,7 @@ async function release(file: string, who: string): Promise<string> {
 type OverRecord = { counted: string; who: string; unit: string; window: string; limit: number; count: number };
 const overOf = (record: Record<string, unknown>) => (record.over as OverRecord[]).map((o) => [o.counted, o.who, o.unit, o.window, o.limit, o.count]);
 
-describe('abuse guard, after review: who is counted, and an episode per key over', { timeout: 120_000 }, () => {
+describe('abuse guard: who is counted, and an episode per key over', { timeout: 120_000 }, () => {
   let dir: string;
   let internet: Internet;
   let password: string;
@@ -255,7 +255,7 @@ describe('abuse guard, after review: who is counted, and an episode per key over
   });
 });
 
-describe('abuse guard, after review: holds through a Redis outage', { timeout: 120_000 }, () => {
+describe('abuse guard: holds through a Redis outage', { timeout: 120_000 }, () => {
   let dir: string;
   let internet: Internet;
   let redis: RedisServer;
