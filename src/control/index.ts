@@ -111,7 +111,7 @@ export class ControlServer {
   /**
    * Listens on `path`, taking over a socket file a crashed relay left. Undefined, after one
    * warning, when that cannot be (no such directory, no permission, another relay on it):
-   * the relay runs on without it, only `dns flush` cannot reach it.
+   * the relay runs on without it, only `dns flush` and `abuse list | release` cannot reach it.
    */
   static async listen(path: string, commands: ControlCommands, logger: Logger): Promise<ControlServer | undefined> {
     const server = net.createServer((connection) => serve(connection, commands));
@@ -130,7 +130,7 @@ export class ControlServer {
       server.close();
       const { code, message } = err as NodeJS.ErrnoException;
       const why = code === 'EADDRINUSE' ? 'another process answers on it' : message;
-      logger.warn({ socket: path, error: why }, 'control socket not available: `hygiene-relay dns flush` cannot reach this relay (SIGHUP still flushes)');
+      logger.warn({ socket: path, error: why }, 'control socket not available: `hygiene-relay dns flush` and `abuse list | release` cannot reach this relay (SIGHUP still flushes)');
       return undefined;
     }
     logger.info({ socket: path }, 'control socket listening');
