@@ -89,6 +89,8 @@ export class FileAbuseStore implements AbuseStore {
       db.exec('PRAGMA busy_timeout = 2000');
       db.exec('PRAGMA journal_mode = WAL');
       db.exec('PRAGMA synchronous = NORMAL');
+      // v1: the tables' shape, as the memo's. The indexes on bucket and at serve pruning, which
+      // reads across senders: without them it would scan a week of history.
       db.exec(`CREATE TABLE IF NOT EXISTS abuse_held_v1 (kind TEXT NOT NULL, who TEXT NOT NULL, since INTEGER NOT NULL, why TEXT NOT NULL, PRIMARY KEY (kind, who));
         CREATE TABLE IF NOT EXISTS abuse_sent_v1 (principal TEXT NOT NULL, bucket INTEGER NOT NULL, recipients INTEGER NOT NULL, PRIMARY KEY (principal, bucket));
         CREATE TABLE IF NOT EXISTS abuse_domains_v1 (principal TEXT NOT NULL, bucket INTEGER NOT NULL, domain TEXT NOT NULL, PRIMARY KEY (principal, bucket, domain));
@@ -96,7 +98,6 @@ export class FileAbuseStore implements AbuseStore {
         CREATE INDEX IF NOT EXISTS abuse_sent_v1_bucket ON abuse_sent_v1 (bucket);
         CREATE INDEX IF NOT EXISTS abuse_domains_v1_bucket ON abuse_domains_v1 (bucket);
         CREATE INDEX IF NOT EXISTS abuse_spam_v1_at ON abuse_spam_v1 (at);`);
-      // Pruning reads by bucket (and time) across senders: without these it would scan a week of history.
       const hour = `bucket / ${BUCKETS_PER_HOUR}`;
       this.#q = {
         held: db.prepare('SELECT kind, who, since, why FROM abuse_held_v1 WHERE kind = ? AND who = ?'),
