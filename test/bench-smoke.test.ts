@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -64,6 +65,46 @@ test('npm run bench, a few messages through every system', { timeout: 90_000 }, 
     assert.doesNotMatch(written, /--messages 6/);
     assert.match(written, /## Profile\nkept/);
     assert.match(written, /- CPU: \d+ × /);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// `npm run bench:abuse` as its own command with a few messages: the relays start (guard off,
+// on with the state file, on with a Redis of its own where redis-server is installed), every
+// message gets through, the guard wrote its history (the command checks), the table is
+// printed and its section written beside what the file held. Nothing here is timed.
+test('npm run bench:abuse, a few messages through the relay with the guard off and on', { timeout: 120_000 }, async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'bench-smoke-abuse-'));
+  try {
+    const file = path.join(dir, 'RESULTS.md');
+    writeFileSync(file, '# Benchmark results\n\n## Memory\nkept\n');
+    const args = ['--rounds', '1', '--messages', '6', '--warmup', '3', '--recipients', '2', '--out', file];
+    // Without the caller's BENCH_ variables (npm run bench's, which this command reads too): the flags alone decide.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('BENCH_')));
+    const child = spawn(process.execPath, [path.join(import.meta.dirname, '../bench/abuse.ts'), ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const ran = { stdout: '', stderr: '', code: null as number | null };
+    child.stdout.on('data', (chunk) => (ran.stdout += chunk));
+    child.stderr.on('data', (chunk) => (ran.stderr += chunk));
+    // Past its time, SIGTERM: the command stops its relays and redis-server before it exits.
+    const timer = setTimeout(() => child.kill('SIGTERM'), 110_000);
+    ran.code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    clearTimeout(timer);
+    for (const line of ran.stderr.trim().split('\n')) t.diagnostic(line);
+    assert.equal(ran.code, 0, ran.stderr);
+
+    const redis = !/Redis left out/.test(ran.stdout);
+    if (!redis) t.diagnostic('redis-server is not installed: smoke without the Redis column');
+    const header = ran.stdout.split('\n').find((line) => line.startsWith('|  | guard off'));
+    assert.ok(header, ran.stdout);
+    assert.equal(header.split('|').length - 3, redis ? 3 : 2, header);
+    for (const row of ['msg/s', 'recipients/s', 'relay CPU s per 1,000 messages']) assert.match(ran.stdout, new RegExp(`^\\| ${row} \\|`, 'm'), row);
+
+    const written = readFileSync(file, 'utf8');
+    assert.match(written, /^## Abuse guard cost$/m);
+    assert.ok(written.includes(`\`npm run bench:abuse -- ${args.join(' ')}\``), written);
+    assert.ok(written.includes(header), written);
+    assert.match(written, /## Memory\nkept/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
