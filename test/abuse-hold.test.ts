@@ -9,68 +9,11 @@ import { after, before, describe, it } from 'node:test';
 import { stringify } from 'yaml';
 import { controlRequest } from '../src/control/index.ts';
 import { hashPassword } from '../src/inbound/index.ts';
-import { RawClient, type ClientReply } from './harness/client.ts';
-import { RelayProcess, runCli } from './harness/process.ts';
+import { assertHeld, cli, delivered, ISO, list, PASSWORD, release, sendMail } from './harness/abuse.ts';
+import { RelayProcess } from './harness/process.ts';
 import { parseExposition, type Sample } from './harness/prometheus.ts';
 import { RedisServer } from './harness/redis.ts';
-import type { Sent } from './harness/send.ts';
-import { Internet, message } from './harness/world.ts';
-
-const PASSWORD = 'correct horse';
-const plain = (user: string) => `AUTH PLAIN ${Buffer.from(`\0${user}\0${PASSWORD}`).toString('base64')}`;
-const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-const ISO = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ';
-
-/** The 550 a held sender's recipients get; group 1 is the time the hold began, as the reply and `abuse list` write it. */
-const heldReply = (named: string, why: string) =>
-  new RegExp(`^5\\.7\\.1 ${escape(named)} is held by the relay's abuse guard since (${ISO}) \\(${escape(why)}\\); ask the mail administrator to release it$`);
-
-/**
- * One transaction on its own connection, as an internal server sends: AUTH as `user` when
- * given, MAIL FROM `from`, each RCPT, and the message when a recipient was accepted.
- */
-async function sendMail(port: number, from: string, to: string[], user?: string): Promise<Sent> {
-  const { client } = await RawClient.connect(port);
-  try {
-    await client.command('EHLO corp-ex01.example.test');
-    if (user !== undefined) assert.equal((await client.command(plain(user))).code, 235);
-    const mail = await client.command(`MAIL FROM:<${from}>`);
-    assert.equal(mail.code, 250, mail.text);
-    const rcpts: ClientReply[] = [];
-    for (const recipient of to) rcpts.push(await client.command(`RCPT TO:<${recipient}>`));
-    const accepted = to.filter((_, i) => rcpts[i].code === 250);
-    if (!accepted.length) {
-      assert.equal((await client.command('RSET')).code, 250);
-      return { mail, rcpts };
-    }
-    const { final } = await client.data(message({ from, to: accepted.join(', ') }));
-    return { mail, rcpts, data: final };
-  } finally {
-    await client.quit();
-  }
-}
-
-/** A message to one recipient that must go: accepted and answered 250 after DATA. */
-async function delivered(port: number, from: string, to: string, user?: string): Promise<void> {
-  const sent = await sendMail(port, from, [to], user);
-  assert.deepEqual([sent.rcpts[0].code, sent.data?.code], [250, 250], JSON.stringify(sent));
-}
-
-/** Every RCPT of a transaction refused as held; the time the hold began. */
-function assertHeld(sent: Sent, named: string, why: string): string {
-  assert.equal(sent.data, undefined, 'no DATA: nothing was accepted');
-  const since = new Set<string>();
-  for (const rcpt of sent.rcpts) {
-    assert.equal(rcpt.code, 550, JSON.stringify(rcpt));
-    const match = heldReply(named, why).exec(rcpt.text);
-    assert.ok(match, rcpt.text);
-    since.add(match[1]);
-  }
-  assert.equal(since.size, 1, 'every refusal names the same hold');
-  return [...since][0];
-}
-
-const cli = (...args: string[]) => runCli(['abuse', ...args]);
+import { Internet } from './harness/world.ts';
 
 /** The samples of counter `name` the relay's /metrics exposes now. */
 async function metric(relay: RelayProcess, name: string): Promise<Sample[]> {
@@ -84,20 +27,6 @@ async function metric(relay: RelayProcess, name: string): Promise<Sample[]> {
 const transactionTo = (relay: RelayProcess, address: string, index: number) =>
   relay.waitFor((r) => r.msg === 'transaction' && (r.recipients as { address: string }[]).some((recipient) => recipient.address === address), index);
 
-/** `abuse list` against `file`: exit 0, nothing on stderr, stdout as it printed it. */
-async function list(file: string): Promise<string> {
-  const result = await cli('list', '--config', file);
-  assert.equal(result.stderr, '');
-  assert.equal(result.code, 0);
-  return result.stdout;
-}
-
-async function release(file: string, who: string): Promise<string> {
-  const result = await cli('release', who, '--config', file);
-  assert.equal(result.stderr, '');
-  assert.equal(result.code, 0);
-  return result.stdout;
-}
 
 describe('abuse.hold: a held sender is refused until `hygiene-relay abuse release`, then sends again', { timeout: 120_000 }, () => {
   let dir: string;
@@ -142,10 +71,10 @@ describe('abuse.hold: a held sender is refused until `hygiene-relay abuse releas
       assert.equal(gmail().received.length, 5);
 
       // The sixth recipient goes over: held at once, and the next recipient of that transaction too.
-      const since = assertHeld(await sendMail(relay.port, 'mailer@example.test', ['victim5@gmail.test', 'victim6@gmail.test'], 'mailer'), 'user mailer', WHY);
+      const since = assertHeld(await sendMail(relay.port, 'mailer@example.test', ['victim5@gmail.test', 'victim6@gmail.test'], { user: 'mailer' }), 'user mailer', WHY);
       // Held, not limited: a new connection, another envelope sender of the same user, still 550.
-      assert.equal(assertHeld(await sendMail(relay.port, 'mailer@example.test', ['victim7@gmail.test'], 'mailer'), 'user mailer', WHY), since);
-      assert.equal(assertHeld(await sendMail(relay.port, 'billing@example.test', ['victim8@gmail.test'], 'mailer'), 'user mailer', WHY), since);
+      assert.equal(assertHeld(await sendMail(relay.port, 'mailer@example.test', ['victim7@gmail.test'], { user: 'mailer' }), 'user mailer', WHY), since);
+      assert.equal(assertHeld(await sendMail(relay.port, 'billing@example.test', ['victim8@gmail.test'], { user: 'mailer' }), 'user mailer', WHY), since);
       assert.equal(gmail().received.length, 5, 'nothing more reached the destination');
       assert.deepEqual((await metric(relay, 'hygiene_relay_abuse_held_recipients_total')).map((s) => s.value), [4]);
 
@@ -196,8 +125,8 @@ describe('abuse.hold: a held sender is refused until `hygiene-relay abuse releas
     const [a, b] = await Promise.all([start('replica-a', { limits: { redis: redis.url } }), start('replica-b', { limits: { redis: redis.url } })]);
     try {
       for (let i = 0; i < 5; i++) await delivered(i % 2 ? b.port : a.port, 'mailer@example.test', `victim${i}@gmail.test`, 'mailer');
-      const since = assertHeld(await sendMail(a.port, 'mailer@example.test', ['victim5@gmail.test'], 'mailer'), 'user mailer', WHY);
-      assert.equal(assertHeld(await sendMail(b.port, 'mailer@example.test', ['victim6@gmail.test', 'victim7@gmail.test'], 'mailer'), 'user mailer', WHY), since);
+      const since = assertHeld(await sendMail(a.port, 'mailer@example.test', ['victim5@gmail.test'], { user: 'mailer' }), 'user mailer', WHY);
+      assert.equal(assertHeld(await sendMail(b.port, 'mailer@example.test', ['victim6@gmail.test', 'victim7@gmail.test'], { user: 'mailer' }), 'user mailer', WHY), since);
       assert.equal(gmail().received.length, 5);
 
       assert.equal(await list(fileOf('replica-b')), `user mailer\theld since ${since}: ${WHY}\n`);
@@ -224,9 +153,9 @@ describe('abuse.hold: a held sender is refused until `hygiene-relay abuse releas
     const file = fileOf('workers');
     try {
       for (let i = 0; i < 5; i++) await delivered(relay.port, 'mailer@example.test', `victim${i}@gmail.test`, 'mailer');
-      const since = assertHeld(await sendMail(relay.port, 'mailer@example.test', ['victim5@gmail.test'], 'mailer'), 'user mailer', WHY);
+      const since = assertHeld(await sendMail(relay.port, 'mailer@example.test', ['victim5@gmail.test'], { user: 'mailer' }), 'user mailer', WHY);
       // Connections go to the workers in turn: four more reach both.
-      for (let i = 0; i < 4; i++) assert.equal(assertHeld(await sendMail(relay.port, 'mailer@example.test', [`held${i}@gmail.test`], 'mailer'), 'user mailer', WHY), since);
+      for (let i = 0; i < 4; i++) assert.equal(assertHeld(await sendMail(relay.port, 'mailer@example.test', [`held${i}@gmail.test`], { user: 'mailer' }), 'user mailer', WHY), since);
       assert.equal(gmail().received.length, 5);
       // Each worker records the first recipient it refused from 127.0.0.1: both refused as held.
       const heldRefusal = (r: Record<string, unknown>) => r.msg === 'refused' && /is held by the relay's abuse guard/.test(String(r.reply));
@@ -287,10 +216,10 @@ describe('abuse.hold: a held sender is refused until `hygiene-relay abuse releas
     });
     try {
       for (let i = 0; i < 3; i++) {
-        const sent = await sendMail(relay.port, 'mailer@example.test', [`m${i}a@gmail.test`, `m${i}b@gmail.test`], 'mailer');
+        const sent = await sendMail(relay.port, 'mailer@example.test', [`m${i}a@gmail.test`, `m${i}b@gmail.test`], { user: 'mailer' });
         assert.deepEqual([...sent.rcpts.map((r) => r.code), sent.data?.code], [250, 250, 250], JSON.stringify(sent));
       }
-      const fourth = await sendMail(relay.port, 'mailer@example.test', ['m3a@gmail.test', 'm3b@gmail.test', 'm3c@gmail.test'], 'mailer');
+      const fourth = await sendMail(relay.port, 'mailer@example.test', ['m3a@gmail.test', 'm3b@gmail.test', 'm3c@gmail.test'], { user: 'mailer' });
       assert.equal(fourth.data, undefined);
       assert.equal(fourth.rcpts.length, 3);
       for (const rcpt of fourth.rcpts) {
@@ -369,7 +298,7 @@ describe('abuse guard: releases by many workers at once, and a message refused w
     try {
       for (let round = 0; round < rounds; round++) {
         await delivered(relay.port, 'mailer@example.test', `r${round}@gmail.test`, 'mailer');
-        assertHeld(await sendMail(relay.port, 'mailer@example.test', [`r${round}-over@gmail.test`], 'mailer'), 'user mailer', 'over its limit of 1 recipients per hour');
+        assertHeld(await sendMail(relay.port, 'mailer@example.test', [`r${round}-over@gmail.test`], { user: 'mailer' }), 'user mailer', 'over its limit of 1 recipients per hour');
         assert.match(await controlRequest(path.join(dir, 'race.sock'), 'abuse release mailer'), /^ok \[\{"kind":"user","who":"mailer",/);
       }
       // A record written by either worker before the release answered is in before that worker's later transaction records.
@@ -390,7 +319,7 @@ describe('abuse guard: releases by many workers at once, and a message refused w
     const relay = await RelayProcess.start(path.join(dir, 'metric.yaml'), config('metric', { abuse: { limits: { perMinute: 1000, perHour: 1000, perDay: 1000, messages: { perMinute: 1 } } } }));
     try {
       await delivered(relay.port, 'mailer@example.test', 'first@gmail.test', 'mailer');
-      const second = await sendMail(relay.port, 'mailer@example.test', ['s1@gmail.test', 's2@gmail.test', 's3@gmail.test'], 'mailer');
+      const second = await sendMail(relay.port, 'mailer@example.test', ['s1@gmail.test', 's2@gmail.test', 's3@gmail.test'], { user: 'mailer' });
       assert.deepEqual(second.rcpts.map((r) => r.code), [451, 451, 451]);
       const samples = await metric(relay, 'hygiene_relay_abuse_limited_total');
       // Three recipients answered 451, each counted once, under the limit its reply names (the
