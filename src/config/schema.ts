@@ -354,11 +354,11 @@ export const configSchema = z.strictObject({
   /**
    * Outbound abuse guard (src/abuse/): recipients and messages each sender may send per
    * minute, hour and day, counted per authenticated user, per client address and per
-   * envelope sender; holds, the anomaly rule.
+   * envelope sender of a client without AUTH; holds, the anomaly rule.
    */
   abuse: z
     .strictObject({
-      /** What each authenticated user and each envelope sender may send, unless an override says otherwise. */
+      /** What each authenticated user, and each envelope sender of a client without AUTH, may send unless an override says otherwise. */
       limits: sendingLimits.prefault({}),
       /** What each client address may send: an internal server's carries everyone's mail. */
       addressLimits: addressLimits.prefault({}),
